@@ -1,0 +1,170 @@
+"""The experiment config: one TOML file per experiment, validated, with overrides.
+
+Values only, no logic (STYLE.md). An unknown key or a wrong type is an error that
+names the key and the file. `--set section.key=value` overrides any value; the
+value is parsed as TOML (so `3`, `0.5`, `true`, `"text"` and `[1, 2]` all work)
+and falls back to a plain string.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TextSource(_Section):
+    """One labelled line file: every line of `path` is one example of class `label`."""
+
+    path: str
+    label: str
+
+
+class DataConfig(_Section):
+    """Where the raw data is and how the pipeline turns it into shards."""
+
+    kind: Literal["text"] = "text"
+    sources: list[TextSource] = Field(default_factory=list)
+    encoding: str = "utf-8"
+    output: str = "data/dataset"
+    min_count: int = Field(1, ge=1)
+    max_vocab: int = Field(50_000, ge=10)
+    test_fraction: float = Field(0.5, gt=0.0, lt=1.0)
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    lowercase: bool = True
+    part_rows: int = Field(4096, ge=1, description="rows per Parquet part")
+    seed: int = 0
+
+
+class ModelConfig(_Section):
+    """Jia et al. KDD'19 LSTM / LSTM-Attention (eq. 4-10)."""
+
+    name: Literal["lstm", "lstm_attention"] = "lstm_attention"
+    embedding_dim: int = Field(128, ge=1)
+    hidden_dim: int = Field(140, ge=1)
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    max_length: int = Field(100, ge=1, description="longer sequences keep their first tokens")
+
+
+class RegimeConfig(_Section):
+    """Which adversarial regime builds the loss, and its hyper-parameters."""
+
+    name: str = "clean"
+    epsilon: float = Field(1.0, ge=0.0, description="L2 radius of the perturbation")
+    lam: float = Field(1.0, ge=0.0, description="weight of the adversarial loss")
+
+
+class TrainConfig(_Section):
+    """The training loop and its Ray Train scaling."""
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1, description="per worker")
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    grad_clip: float = Field(5.0, ge=0.0, description="0 disables clipping")
+    patience: int = Field(3, ge=1, description="epochs without validation gain before stopping")
+    metric: Literal["val_accuracy", "val_auc", "val_loss"] = "val_accuracy"
+    workers: int = Field(0, ge=0, description="0: one per available CPU")
+    gpus: bool = False
+    max_failures: int = Field(2, ge=0)
+    storage: str = "runs"
+    seed: int = 0
+
+
+class MlflowConfig(_Section):
+    """Tracking: sqlite under ./mlruns by default so the model registry works."""
+
+    tracking_uri: str = "sqlite:///mlruns/mlflow.db"
+    experiment: str = "advorch"
+    log_model: bool = True
+
+
+class ExperimentConfig(_Section):
+    """The whole experiment; each section is optional and has defaults."""
+
+    name: str = "experiment"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    regime: RegimeConfig = Field(default_factory=RegimeConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+
+    def flat(self) -> dict[str, Any]:
+        """The resolved config as `section.key` → value (MLflow params, Tune spaces)."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+            else:
+                out[prefix] = value
+
+        walk("", self.model_dump())
+        return out
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and the file."""
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _apply_override(raw: dict[str, Any], assignment: str, origin: str) -> None:
+    key, sep, value = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"{origin}: override {assignment!r} must look like section.key=value")
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{origin}: override {key!r}: {part!r} is not a section")
+    node[parts[-1]] = _parse_value(value.strip())
+
+
+def _format_errors(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid config {origin}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  unknown key '{key}' (remove it or check its spelling)")
+        else:
+            lines.append(f"  key '{key}': {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a TOML experiment config, apply `section.key=value` overrides, validate.
+
+    Raises:
+        ConfigError: the file is missing or not TOML, a key is unknown, a value has the
+            wrong type; the message names the key and the file.
+    """
+    origin = str(path) if path else "<defaults>"
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {p} is not valid TOML: {e}") from e
+    for assignment in overrides or []:
+        _apply_override(raw, assignment, f"{origin} (--set)")
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, origin)) from None

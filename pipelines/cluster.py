@@ -1,0 +1,27 @@
+"""Where pipeline work runs: an existing Dask scheduler, or a local one."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from distributed import Client, LocalCluster
+
+
+@contextmanager
+def dask_client(address: str | None = None, workers: int | None = None) -> Iterator[Client]:
+    """A Dask client on `address` (or $DASK_SCHEDULER_ADDRESS), else on a local cluster.
+
+    The local cluster uses processes, one thread each: tokenising and decoding are
+    pure Python and would serialise on the GIL in threads.
+    """
+    address = address or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    if address:
+        with Client(address, timeout="30s") as client:
+            yield client
+        return
+    n = workers or min(os.cpu_count() or 1, 4)
+    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                      dashboard_address=None, silence_logs=40) as cluster, Client(cluster) as client:
+        yield client

@@ -1,0 +1,250 @@
+"""Labelled line files → tokenised Parquet shards (the movie-review corpus of Jia et al.).
+
+One file per class; every line is one example. The file is split on the `\n` byte
+only and each line is then decoded with the declared encoding: MR is cp1252 and
+holds byte 0x85 (cp1252 "…", a Unicode line break) inside lines, so decoding
+first and then splitting on universal newlines would cut sentences in two.
+
+Protocol (the paper's): a seeded, stratified split with `test_fraction` of every
+class held out as test (0.5 → 50/50), and `val_fraction` of the remaining train
+rows carved out as validation. The vocabulary is counted on the train split only,
+so validation and test words the model never trains on map to the OOV id.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from advorch.config import DataConfig
+from advorch.pipelines.shards import (
+    DatasetWriter,
+    Quarantine,
+    file_fingerprint,
+    read_manifest,
+    sources_unchanged,
+    write_part,
+)
+from advorch.progress import track
+
+PAD, OOV = "<pad>", "<unk>"
+TOKEN_RE = re.compile(r"[\w']+|[^\w\s]")
+BLOCK_SIZE = 64 * 2**20  # bytes of one file read per task; blocks end on a \n byte
+
+SCHEMA = pa.schema([
+    ("id", pa.string()), ("source", pa.string()), ("line", pa.int32()), ("text", pa.string()),
+    ("label", pa.int32()), ("tokens", pa.list_(pa.int32())), ("length", pa.int32()),
+])
+
+
+class PipelineError(RuntimeError):
+    """The run cannot go on; the message names the file (and line) and the fix."""
+
+
+@dataclass
+class Summary:
+    """What one pipeline run did."""
+
+    output: str
+    up_to_date: bool
+    rows: int
+    quarantined: int
+    splits: dict[str, int]
+    manifest: dict[str, Any]
+
+
+def tokenize(text: str, lowercase: bool = True) -> list[str]:
+    """Words (with inner apostrophes) and single punctuation marks."""
+    return TOKEN_RE.findall(text.lower() if lowercase else text)
+
+
+def parse_block(block: bytes, source: str, encoding: str, lowercase: bool) -> dict[str, Any]:
+    """Decode and tokenise one block of whole lines; line numbers are block-local (0-based).
+
+    Returns {"lines": n, "rows": [(line, text, tokens)], "bad": [(line, reason, raw)]}.
+    """
+    lines = block.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()  # the block's final \n ends a line, it does not start one
+    rows, bad = [], []
+    for i, raw in enumerate(lines):
+        try:
+            text = raw.decode(encoding).strip()
+        except UnicodeDecodeError as e:
+            bad.append((i, f"undecodable: byte 0x{raw[e.start]:02x} at column {e.start + 1} "
+                           f"is not valid {encoding}; fix the byte or declare the right "
+                           "data.encoding", raw))
+            continue
+        tokens = tokenize(text, lowercase)
+        if not tokens:
+            bad.append((i, "empty line: no tokens", raw))
+            continue
+        rows.append((i, text, tokens))
+    return {"lines": len(lines), "rows": rows, "bad": bad}
+
+
+def encode_part(uri: str, rows: list[tuple], vocab: dict[str, int]) -> int:
+    """Map tokens to ids (OOV → 1) and write one Parquet part; return its row count.
+
+    `rows` are (source, line, text, label, tokens) tuples.
+    """
+    oov = vocab[OOV]
+    ids = [[vocab.get(t, oov) for t in r[4]] for r in rows]
+    table = pa.table({
+        "id": [f"{Path(r[0]).name}:{r[1]}" for r in rows],
+        "source": [r[0] for r in rows],
+        "line": [r[1] for r in rows],
+        "text": [r[2] for r in rows],
+        "label": [r[3] for r in rows],
+        "tokens": ids,
+        "length": [len(x) for x in ids],
+    }, schema=SCHEMA)
+    return write_part(uri, table)
+
+
+def build_vocab(token_lists: list[list[str]], min_count: int, max_size: int) -> dict[str, int]:
+    """Token → id: 0 is padding, 1 is OOV, then by descending count (ties by token)."""
+    counts = Counter(t for tokens in token_lists for t in tokens)
+    kept = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))
+    return {t: i for i, t in enumerate([PAD, OOV, *kept[: max_size - 2]])}
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, val_fraction: float,
+                     seed: int) -> np.ndarray:
+    """Split name per row, stratified by class and seeded.
+
+    Each class gives `test_fraction` of its rows to test and `val_fraction` of the rest
+    to val. Per-class counts are floored and the leftover rows go to the classes with
+    the largest remainders, so the totals match the fractions exactly (10,662 MR rows
+    at 0.5 → 5,331 test, though each class has an odd 5,331).
+    """
+    classes, sizes = np.unique(labels, return_counts=True)
+
+    def allocate(n: np.ndarray, fraction: float) -> np.ndarray:
+        exact = n * fraction
+        out = np.floor(exact).astype(int)
+        extra = int(round(exact.sum())) - out.sum()
+        out[np.argsort(-(exact - out), kind="stable")[:extra]] += 1
+        return out
+
+    n_test = allocate(sizes, test_fraction)
+    n_val = allocate(sizes - n_test, val_fraction)
+    split = np.full(len(labels), "train", dtype=object)
+    rng = np.random.default_rng(seed)
+    for c, t, v in zip(classes, n_test, n_val, strict=True):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        split[idx[:t]] = "test"
+        split[idx[t:t + v]] = "val"
+    return split
+
+
+def _params(cfg: DataConfig) -> dict[str, Any]:
+    return {"encoding": cfg.encoding, "min_count": cfg.min_count, "max_vocab": cfg.max_vocab,
+            "test_fraction": cfg.test_fraction, "val_fraction": cfg.val_fraction,
+            "lowercase": cfg.lowercase, "seed": cfg.seed, "part_rows": cfg.part_rows,
+            "labels": {s.path: s.label for s in cfg.sources}}
+
+
+def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = None) -> Summary:
+    """Build (or confirm up to date) the text dataset at `output` (default cfg.output).
+
+    Raises:
+        PipelineError: no sources, a missing source file, or a class with no usable line.
+        ShardError: the output folder cannot be written.
+    """
+    from dask.bytes import read_bytes
+    from dask.delayed import delayed
+
+    from advorch.pipelines.cluster import dask_client
+
+    output = output or cfg.output
+    if not cfg.sources:
+        raise PipelineError("data.sources is empty: list one {path, label} per class file")
+    for s in cfg.sources:
+        if not Path(s.path).is_file():
+            raise PipelineError(f"source file {s.path} (class {s.label!r}) does not exist; "
+                                "fix data.sources[].path")
+    previous = read_manifest(output)
+    known = {s["path"]: s for s in (previous or {}).get("sources", [])}
+    sources = [file_fingerprint(s.path, known.get(s.path)) for s in cfg.sources]
+    params = _params(cfg)
+    if sources_unchanged(previous, sources, params):
+        return Summary(output, True, previous["rows"], previous["quarantine"]["count"],
+                       {k: v["rows"] for k, v in previous["splits"].items()}, previous)
+
+    classes = sorted({s.label for s in cfg.sources})
+    writer = DatasetWriter(output, kind="text")
+    quarantine = Quarantine()
+    try:
+        with dask_client(dask_address) as client:
+            # 1. decode + tokenise, one task per 64 MiB block of each file
+            _, blocks = read_bytes([s.path for s in cfg.sources], delimiter=b"\n",
+                                   blocksize=BLOCK_SIZE, sample=False)
+            tasks = [[delayed(parse_block)(b, s.path, cfg.encoding, cfg.lowercase) for b in bs]
+                     for s, bs in zip(cfg.sources, blocks, strict=True)]
+            futures = client.compute([t for ts in tasks for t in ts])
+            parsed = list(track((f.result() for f in futures), "decoding + tokenising",
+                                total=len(futures)))
+            rows: list[tuple] = []  # (source, line, text, label, tokens)
+            k = 0
+            for s, ts in zip(cfg.sources, tasks, strict=True):
+                first, n_good = 1, 0
+                for _ in ts:
+                    part = parsed[k]
+                    k += 1
+                    for i, text, tokens in part["rows"]:
+                        rows.append((s.path, first + i, text, classes.index(s.label), tokens))
+                    for i, reason, raw in part["bad"]:
+                        quarantine.add(s.path, reason, line=first + i, raw=raw)
+                    first += part["lines"]
+                    n_good += len(part["rows"])
+                if n_good == 0:
+                    raise PipelineError(
+                        f"source file {s.path} (class {s.label!r}) holds no usable line "
+                        f"({first - 1} lines read, all quarantined or none at all); "
+                        "every class needs examples")
+
+            # 2. split and vocabulary (global, on the driver: small)
+            labels = np.array([r[3] for r in rows])
+            split = stratified_split(labels, cfg.test_fraction, cfg.val_fraction, cfg.seed)
+            vocab = build_vocab([r[4] for r, sp in zip(rows, split, strict=True) if sp == "train"],
+                                cfg.min_count, cfg.max_vocab)
+            writer.write_side_file("vocab.json", json.dumps(list(vocab)).encode())
+
+            # 3. encode + write parts, one task per part
+            [vocab_f] = client.scatter([vocab], broadcast=True)  # a list: a dict would scatter per key
+            jobs, splits = [], {}
+            order = np.random.default_rng(cfg.seed + 1).permutation(len(rows))
+            for name in ("train", "val", "test"):
+                # shuffled, so that any contiguous slice of a split (a worker's) mixes the classes
+                members = [rows[i] for i in order if split[i] == name]
+                per_class = Counter(r[3] for r in members)
+                splits[name] = {"parts": [], "classes": {c: per_class[i] for i, c in enumerate(classes)}}
+                for index, start in enumerate(range(0, len(members), cfg.part_rows)):
+                    chunk = members[start:start + cfg.part_rows]
+                    jobs.append((name, index, client.submit(
+                        encode_part, writer.part_uri(name, index), chunk, vocab_f, pure=False)))
+            for name, index, fut in track(jobs, "writing parts", total=len(jobs)):
+                splits[name]["parts"].append({"index": index, "rows": fut.result()})
+
+        counts = Counter(labels.tolist())
+        for s in sources:
+            s["rows"] = sum(1 for r in rows if r[0] == s["path"])
+            s["quarantined"] = sum(1 for q in quarantine.records if q["source"] == s["path"])
+        manifest = writer.commit(
+            splits=splits, schema=SCHEMA, sources=sources, quarantine=quarantine, params=params,
+            classes=classes, shapes={"tokens": [None], "label": []},
+            extra={"vocab_size": len(vocab), "class_counts": {c: counts.get(i, 0) for i, c in enumerate(classes)}},
+        )
+    except BaseException:
+        writer.abort()
+        raise
+    return Summary(output, False, manifest["rows"], len(quarantine),
+                   {k: v["rows"] for k, v in manifest["splits"].items()}, manifest)

@@ -1,0 +1,139 @@
+"""Driver side of a training run: Ray Train fit, test evaluation, MLflow run.
+
+One MLflow run per training: the resolved config as params, per-epoch metrics
+(logged by rank 0 while training), `test_accuracy` / `test_auc` of the best
+validation epoch, the model with an input example, config and vocabulary.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from advorch.config import ExperimentConfig
+
+
+@dataclass
+class TrainResult:
+    run_id: str | None
+    tracking_uri: str | None
+    metrics: dict[str, float]
+    checkpoint_path: str
+    model_uri: str | None
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join the cluster at `address` / $RAY_ADDRESS, or start a local Ray instance."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def fit(cfg: ExperimentConfig, data: str, *, run_id: str | None = None,
+        tracking_uri: str | None = None, name: str | None = None):
+    """Run `train_worker` on Ray Train workers; returns the ray.train.Result."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from advorch.trainers.device import backend
+    from advorch.trainers.loop import train_worker
+
+    workers = cfg.train.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    storage = cfg.train.storage
+    if "://" not in storage:
+        storage = str(Path(storage).absolute())
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"experiment": cfg.model_dump(), "data": data,
+                           "run_id": run_id, "tracking_uri": tracking_uri},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.train.gpus),
+        torch_config=TorchConfig(backend=backend(cfg.train.gpus)),
+        run_config=RunConfig(
+            name=name or f"{cfg.name}-{uuid.uuid4().hex[:8]}",  # fresh: a reused name resumes
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    return trainer.fit()
+
+
+def test_metrics(cfg: ExperimentConfig, data: str, model_state: dict[str, Any]) -> tuple[dict[str, float], Any, Any]:
+    """test_* metrics of a trained state on the whole test split; returns (metrics, model, example)."""
+    import torch
+
+    from advorch.pipelines.shards import read_manifest
+    from advorch.trainers.data import load_slice
+    from advorch.trainers.evaluate import evaluate
+    from advorch.trainers.loop import build
+
+    manifest = read_manifest(data)
+    model, _ = build(cfg, manifest)
+    model.load_state_dict(model_state)
+    test = load_slice(data, "test", 0, 1, cfg.model.max_length, manifest)
+    device = torch.device("cpu")
+    return evaluate(model, test, 256, device, prefix="test_"), model, test.tokens[:4]
+
+
+def train(cfg: ExperimentConfig, data: str | None = None, *, ray_address: str | None = None,
+          mlflow_uri: str | None = None, track: bool = True) -> TrainResult:
+    """Fit on Ray, evaluate the best epoch on test, record everything in MLflow."""
+    from advorch.pipelines.shards import read_manifest, read_side_file
+    from advorch.trainers.models import Serving
+    from advorch.tuning import tracking
+
+    data = data or cfg.data.output
+    if "://" not in data:
+        data = str(Path(data).absolute())
+    manifest = read_manifest(data)
+    if manifest is None:
+        raise FileNotFoundError(f"{data} holds no manifest.json: run `advorch preprocess` first")
+    init_ray(ray_address)
+    uri = run_id = None
+    if track:
+        uri = tracking.resolve_uri(mlflow_uri or cfg.mlflow.tracking_uri)
+        run_id = tracking.start_run(uri, cfg.mlflow.experiment, cfg.name,
+                                    {**cfg.flat(), "data.build_id": manifest["build_id"]},
+                                    tags={"advorch.dataset": data, "advorch.regime": cfg.regime.name})
+    try:
+        result = fit(cfg, data, run_id=run_id, tracking_uri=uri)
+        if result.error:
+            raise result.error
+        saved = load_checkpoint_dir(result.checkpoint)
+        metrics, model, example = test_metrics(cfg, data, saved["state"]["best_model"])
+        metrics["best_epoch"] = saved["state"]["best_epoch"]
+        model_uri = None
+        if track:
+            tracking.log_metrics(uri, run_id, metrics)
+            tracking.log_dict(uri, run_id, cfg.model_dump(), "config.json")
+            tracking.log_dict(uri, run_id, manifest, "dataset/manifest.json")
+            if "vocab.json" in manifest.get("side_files", {}):
+                tracking.log_text(uri, run_id, read_side_file(data, "vocab.json", manifest).decode(),
+                                  "dataset/vocab.json")
+            if cfg.mlflow.log_model:
+                model_uri = tracking.log_model(uri, run_id, Serving(model.eval()), example.numpy(),
+                                               {"classes.json": manifest["classes"]})
+            tracking.end_run(uri, run_id)
+    except BaseException:
+        if track:
+            tracking.end_run(uri, run_id, status="FAILED")
+        raise
+    return TrainResult(run_id, uri, metrics, result.checkpoint.path, model_uri)
+
+
+def load_checkpoint_dir(checkpoint) -> dict[str, Any]:
+    from advorch.trainers.loop import load_checkpoint
+
+    with checkpoint.as_directory() as d:
+        return load_checkpoint(d)

@@ -1,0 +1,131 @@
+"""The one training step and loop, and their Ray Train wiring.
+
+`train_step` serves every model × regime. `train_worker` is the Ray Train worker
+function: plain PyTorch plus `ray.train` calls for context, checkpoint and report
+(Ray's own examples' shape); it takes a flat dict so Ray Tune can sweep it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from advorch.config import ExperimentConfig
+from advorch.pipelines.shards import read_manifest
+from advorch.trainers import device as dev
+from advorch.trainers.adversarial import Regime, build_regime
+from advorch.trainers.data import batches, load_slice, steps_per_epoch
+from advorch.trainers.evaluate import evaluate
+from advorch.trainers.models import build_model
+
+CHECKPOINT_FILE = "state.pt"
+
+
+def train_step(model: nn.Module, regime: Regime, optimizer: torch.optim.Optimizer,
+               batch: dict[str, torch.Tensor], grad_clip: float = 0.0) -> dict[str, float]:
+    """One optimisation step: the regime's gradients, averaged over ranks, clipped, applied."""
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    terms = regime.backward(model, batch)
+    dev.average_gradients(model)
+    if grad_clip:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    correct = (terms.pop("logits").argmax(1) == batch["label"]).sum()
+    return {**{k: float(v) for k, v in terms.items()}, "correct": float(correct)}
+
+
+def is_better(value: float, best: float | None, metric: str) -> bool:
+    if best is None:
+        return True
+    return value < best if metric.endswith("loss") else value > best
+
+
+def build(cfg: ExperimentConfig, manifest: dict[str, Any]) -> tuple[nn.Module, Regime]:
+    """Model and regime for a dataset, seeded so every rank builds the same weights."""
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, manifest["vocab_size"], len(manifest["classes"]))
+    return model, build_regime(cfg.regime)
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker: train on this rank's slice, validate, checkpoint and report each epoch.
+
+    config: {"experiment": ExperimentConfig dump, "data": dataset URI,
+             "tracking_uri": str | None, "run_id": str | None}
+    """
+    import ray.train
+
+    cfg = ExperimentConfig.model_validate(config["experiment"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = dev.worker_device()
+    manifest = read_manifest(config["data"])
+    train = load_slice(config["data"], "train", rank, world, cfg.model.max_length, manifest)
+    val = load_slice(config["data"], "val", rank, world, cfg.model.max_length, manifest)
+    steps = steps_per_epoch(manifest["splits"]["train"]["rows"], world, cfg.train.batch_size)
+
+    model, regime = build(cfg, manifest)
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    state = {"epoch": -1, "best_metric": None, "best_epoch": -1, "bad_epochs": 0, "best_model": None}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:  # resumed after a failure: continue after the last reported epoch
+        with checkpoint.as_directory() as d:
+            saved = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location=device, weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state = saved["state"]
+    else:
+        dev.broadcast_parameters(model)
+    resumed_from = state["epoch"] + 1
+
+    for epoch in range(state["epoch"] + 1, cfg.train.epochs):
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {}
+        for batch in batches(train, cfg.train.batch_size, device, steps=steps, shuffle=True,
+                             seed=cfg.train.seed * 100_003 + epoch * 101 + rank):
+            for k, v in train_step(model, regime, optimizer, batch, cfg.train.grad_clip).items():
+                sums[k] = sums.get(k, 0.0) + v
+        keys = sorted(sums)
+        totals = dict(zip(keys, dev.all_sum([sums[k] for k in keys], device), strict=True))
+        n_seen = steps * cfg.train.batch_size * world
+        metrics = {f"train_{k}": totals[k] / (steps * world) for k in keys if k != "correct"}
+        metrics["train_accuracy"] = totals["correct"] / n_seen
+        metrics.update(evaluate(model, val, cfg.train.batch_size * 4, device, prefix="val_"))
+        metrics["epoch_seconds"] = time.perf_counter() - t0
+        value = metrics[cfg.train.metric]
+        if is_better(value, state["best_metric"], cfg.train.metric):
+            state.update(best_metric=value, best_epoch=epoch, bad_epochs=0,
+                         best_model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch
+        stop = state["bad_epochs"] >= cfg.train.patience or epoch == cfg.train.epochs - 1
+        metrics.update(epoch=epoch, best_epoch=state["best_epoch"], resumed_from_epoch=resumed_from,
+                       best_metric=state["best_metric"], done=int(stop))
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "state": state, "experiment": config["experiment"]},
+                           os.path.join(tmp, CHECKPOINT_FILE))
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+                if config.get("run_id"):
+                    from advorch.tuning import tracking
+
+                    tracking.log_metrics(config["tracking_uri"], config["run_id"],
+                                         {k: v for k, v in metrics.items() if v is not None}, step=epoch)
+            ray.train.report(metrics, checkpoint=ckpt)
+        if stop:
+            break
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    """The saved training state of a checkpoint folder (model, best model, config)."""
+    return torch.load(os.path.join(path, CHECKPOINT_FILE), map_location="cpu", weights_only=False)

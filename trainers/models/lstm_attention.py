@@ -1,0 +1,70 @@
+"""LSTM and LSTM-Attention classifiers (Jia et al., KDD'19, eq. 4-10).
+
+LSTM: hidden states h^t (eq. 4-7); the plain LSTM classifies from the last real step.
+LSTM-Attention: α^t = softmax_t(v · h^t) with v ∈ R^H learned jointly (eq. 8),
+ŷ = softmax(W_y Σ_t α^t h^t) (eq. 9), trained with cross-entropy (eq. 10).
+Padding is masked out of the softmax, so α sums to 1 over real steps only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from advorch.trainers.models.base import Batch, Output
+
+
+class LSTMAttention(nn.Module):
+    """Embedding → dropout → LSTM → attention pooling (or last state) → linear.
+
+    Args:
+        vocab_size: number of token ids (0 = padding, 1 = OOV).
+        num_classes: C.
+        embedding_dim: D; `embed` returns (B, T, D).
+        hidden_dim: H.
+        attention: False gives the plain LSTM baseline (last real hidden state).
+        dropout: on the (possibly perturbed) embeddings and on the pooled state.
+        pretrained: optional (vocab_size, D) initial embedding matrix.
+    """
+
+    def __init__(self, vocab_size: int, num_classes: int, embedding_dim: int = 128,
+                 hidden_dim: int = 140, attention: bool = True, dropout: float = 0.5,
+                 pretrained: Tensor | None = None) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
+        if pretrained is not None:
+            self.embedding.weight.data.copy_(pretrained)
+        self.lstm = nn.LSTM(embedding_dim, hidden_dim, batch_first=True)
+        self.attention = attention
+        self.v = nn.Parameter(torch.randn(hidden_dim) / hidden_dim**0.5) if attention else None
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden_dim, num_classes)  # W_y
+
+    def embed(self, batch: Batch) -> Tensor:
+        """Token ids (B, T) → embeddings (B, T, D): the perturbable input."""
+        return self.embedding(batch["tokens"])
+
+    def forward(self, e: Tensor, batch: Batch) -> Output:
+        mask = batch["mask"]  # (B, T)
+        h, _ = self.lstm(self.drop(e))  # (B, T, H); steps after the end do not reach earlier ones
+        if self.attention:
+            scores = (h @ self.v).masked_fill(~mask, float("-inf"))  # (B, T), eq. 8
+            alpha = torch.softmax(scores, dim=1)
+            pooled = torch.einsum("bt,bth->bh", alpha, h)  # Σ_t α^t h^t, eq. 9
+        else:
+            alpha = None
+            last = mask.sum(1).clamp(min=1) - 1  # (B,)
+            pooled = h[torch.arange(h.size(0), device=h.device), last]  # (B, H)
+        return Output(logits=self.out(self.drop(pooled)), attention=alpha, hidden=h)
+
+
+class Serving(nn.Module):
+    """Token ids (B, T) int64, 0-padded → class probabilities (B, C): the logged model."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        batch = {"tokens": tokens, "mask": tokens != 0}
+        return torch.softmax(self.model(self.model.embed(batch), batch).logits, dim=-1)

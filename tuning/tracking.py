@@ -1,0 +1,99 @@
+"""Every MLflow call of advorch goes through this module.
+
+Default store: sqlite under ./mlruns (so the model registry works), artifacts
+beside it; `--mlflow-uri` / MLFLOW_TRACKING_URI point at a server instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
+
+
+def resolve_uri(uri: str | None = None) -> str:
+    """The tracking URI to use, with a relative sqlite path made absolute (workers on
+    other processes run in other folders) and its folder created."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        path = Path(uri.removeprefix("sqlite:///")).absolute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{path}"
+    return uri
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(uri: str, name: str) -> str:
+    """The experiment's id, creating it (artifacts next to a local sqlite store)."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def start_run(uri: str, experiment: str, run_name: str, params: dict[str, Any],
+              tags: dict[str, str] | None = None, parent_run_id: str | None = None) -> str:
+    """Create a run with the resolved config as params; return its id."""
+    from mlflow.entities import Param, RunTag
+
+    client = _client(uri)
+    tags = dict(tags or {})
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(experiment_id(uri, experiment), run_name=run_name, tags=tags)
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    return run.info.run_id
+
+
+def log_metrics(uri: str, run_id: str, values: dict[str, float], step: int | None = None) -> None:
+    from mlflow.entities import Metric
+
+    import time
+
+    now = int(time.time() * 1000)
+    _client(uri).log_batch(run_id, metrics=[Metric(k, float(v), now, step or 0) for k, v in values.items()])
+
+
+def log_dict(uri: str, run_id: str, data: Any, artifact_file: str) -> None:
+    _client(uri).log_dict(run_id, data, artifact_file)
+
+
+def log_text(uri: str, run_id: str, text: str, artifact_file: str) -> None:
+    _client(uri).log_text(run_id, text, artifact_file)
+
+
+def log_model(uri: str, run_id: str, model: Any, input_example: Any, extra_files: dict[str, Any]) -> str:
+    """Log a torch model (pickle format, with an input example) into the run; return its URI."""
+    import mlflow
+    import torch
+
+    mlflow.set_tracking_uri(uri)
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+        paths = []
+        for name, content in extra_files.items():
+            p = Path(tmp) / name
+            p.write_text(content if isinstance(content, str) else json.dumps(content))
+            paths.append(str(p))
+        info = mlflow.pytorch.log_model(
+            model, name="model", input_example=input_example, serialization_format="pickle",
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+            extra_files=paths,
+        )
+    return info.model_uri
+
+
+def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    _client(uri).set_terminated(run_id, status=status)
