@@ -1,0 +1,20 @@
+"""The demo's embedded config: configs/mr.toml as overrides on the defaults (a test
+keeps the two equal)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def demo_overrides(data: Path, output: str, workers: int) -> list[str]:
+    return [
+        'name="mr-demo"',
+        'data.kind="text"',
+        'data.encoding="cp1252"',
+        f'data.sources=[{{path="{data}/rt-polarity.neg", label="neg"}}, '
+        f'{{path="{data}/rt-polarity.pos", label="pos"}}]',
+        f'data.output="{output}"',
+        'regime.name="at"',
+        f"train.workers={workers}",
+        'mlflow.experiment="mr"',
+    ]

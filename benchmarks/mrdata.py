@@ -1,0 +1,43 @@
+"""The MR corpus for benchmarks: a config (like tests/conftest.mr_config) and its shards.
+
+The raw files stay in ../shared/data/mr (or $ADVORCH_SHARED_DATA/mr); shards are
+written to a folder the caller owns (a temporary one by default), never the repo.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from advorch.config import ExperimentConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+MR = Path(os.environ.get("ADVORCH_SHARED_DATA", ROOT.parent / "shared" / "data")) / "mr"
+
+
+def config(output: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """The MR experiment config (cp1252, both class files) with `section.key=value` overrides."""
+    if not (MR / "rt-polarity.neg").is_file():
+        raise SystemExit(f"MR data not found at {MR}: put ../shared/data/mr beside the repository "
+                         "or set ADVORCH_SHARED_DATA")
+    sources = [{"path": str(MR / f"rt-polarity.{c}"), "label": c} for c in ("neg", "pos")]
+    base = ['name="mr-bench"', 'data.encoding="cp1252"',
+            f"data.output={json.dumps(str(output))}",
+            "data.sources=[" + ", ".join(f"{{path = {json.dumps(s['path'])}, label = "
+                                          f"{json.dumps(s['label'])}}}" for s in sources) + "]"]
+    return load_config(None, base + list(overrides or []))
+
+
+def prepare(output: str | Path, overrides: list[str] | None = None) -> tuple[ExperimentConfig, float]:
+    """Preprocess MR into `output` (a no-op when it is already up to date); (config, seconds)."""
+    from advorch.pipelines import text
+
+    cfg = config(output, overrides)
+    t0 = time.perf_counter()
+    summary = text.run(cfg.data)
+    seconds = time.perf_counter() - t0
+    print(f"MR shards at {output}: {summary.splits} "
+          f"({'up to date' if summary.up_to_date else f'built in {seconds:.1f} s'})", flush=True)
+    return cfg, seconds

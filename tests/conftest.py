@@ -1,0 +1,72 @@
+"""Shared fixtures: the real data in ../shared/data, one Ray instance per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("ADVORCH_SHARED_DATA", ROOT.parent / "shared" / "data"))
+MR = SHARED_DATA / "mr"
+ADVORCH = str(Path(sys.executable).with_name("advorch"))
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture(scope="session")
+def mr_dir() -> Path:
+    if not (MR / "rt-polarity.neg").is_file():
+        pytest.skip(f"real MR data not found at {MR} (../shared/data beside the repository)")
+    return MR
+
+
+def mr_config(path: Path, output: Path, **sections: dict) -> Path:
+    """Write a config file for the MR corpus (plus extra `section.key` values)."""
+    lines = ['name = "mr-test"', "[data]", 'encoding = "cp1252"', f'output = "{output}"',
+             f'sources = [{{path = "{MR}/rt-polarity.neg", label = "neg"}}, '
+             f'{{path = "{MR}/rt-polarity.pos", label = "pos"}}]']
+    for section, values in sections.items():
+        if section != "data":
+            lines.append(f"[{section}]")
+        for k, v in values.items():
+            lines.append(f"{k} = {v!r}".replace("'", '"') if not isinstance(v, bool) else f"{k} = {str(v).lower()}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """Run the real `advorch` console script."""
+    return subprocess.run([ADVORCH, *args], capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def mr_shards(tmp_path_factory, mr_dir) -> Path:
+    """MR preprocessed once per session (read-only for tests)."""
+    from advorch.config import load_config
+    from advorch.pipelines import text
+
+    out = tmp_path_factory.mktemp("mr") / "shards"
+    cfg = load_config(mr_config(out.parent / "mr.toml", out))
+    text.run(cfg.data)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the whole session (ray.init costs seconds)."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False,
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def have(cmd: str) -> bool:
+    return shutil.which(cmd) is not None

@@ -1,0 +1,48 @@
+"""LSTM / LSTM-Attention (Jia et al. eq. 4-10) on tiny inputs."""
+
+import torch
+
+from advorch.config import ModelConfig
+from advorch.trainers.models import PerturbableModel, Serving, build_model
+
+
+def _batch(tokens):
+    tokens = torch.tensor(tokens)
+    return {"tokens": tokens, "mask": tokens != 0, "label": torch.zeros(len(tokens), dtype=torch.long)}
+
+
+def test_attention_is_a_distribution_over_real_steps_only():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(hidden_dim=8, embedding_dim=6), vocab_size=20, num_classes=2).eval()
+    batch = _batch([[3, 4, 5, 0, 0], [7, 8, 9, 10, 11]])
+    out = model(model.embed(batch), batch)
+    assert out.logits.shape == (2, 2)
+    assert out.attention.shape == (2, 5)
+    torch.testing.assert_close(out.attention.sum(1), torch.ones(2))
+    assert torch.all(out.attention[0, 3:] == 0)
+    assert torch.all(out.attention[1] > 0)
+
+
+def test_padding_does_not_change_the_output():
+    torch.manual_seed(0)
+    for name in ("lstm", "lstm_attention"):
+        model = build_model(ModelConfig(name=name, hidden_dim=8, embedding_dim=6), 20, 3).eval()
+        short, padded = _batch([[3, 4, 5]]), _batch([[3, 4, 5, 0, 0, 0, 0]])
+        a = model(model.embed(short), short).logits
+        b = model(model.embed(padded), padded).logits
+        torch.testing.assert_close(a, b)
+
+
+def test_plain_lstm_has_no_attention_and_models_expose_embed():
+    model = build_model(ModelConfig(name="lstm", hidden_dim=8, embedding_dim=6), 20, 2)
+    assert isinstance(model, PerturbableModel)
+    batch = _batch([[1, 2, 0]])
+    e = model.embed(batch)
+    assert e.shape == (1, 3, 6)
+    assert model(e, batch).attention is None
+
+
+def test_serving_wrapper_returns_probabilities():
+    model = build_model(ModelConfig(hidden_dim=8, embedding_dim=6), 20, 2).eval()
+    p = Serving(model)(torch.tensor([[3, 4, 0], [5, 0, 0]]))
+    torch.testing.assert_close(p.sum(1), torch.ones(2))
