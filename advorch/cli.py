@@ -110,20 +110,36 @@ def run_training(cfg: ExperimentConfig, data: str | None, ray_address: str | Non
         build_regime(cfg.regime)  # fail fast on a bad regime name, before Ray starts
     except ValueError as e:
         fail(str(e))
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     from advorch.trainers.launch import train as train_run
 
-    try:
-        result = train_run(cfg, data, ray_address=ray_address, mlflow_uri=mlflow_uri)
-    except FileNotFoundError as e:
-        fail(str(e), code=1)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=out) as bar:
+        task = bar.add_task("epochs (starting Ray workers)", total=cfg.train.epochs)
+
+        def on_epoch(m: dict) -> None:
+            bar.update(task, completed=m["epoch"] + 1, description=(
+                f"epoch {m['epoch'] + 1}: train_loss {m['train_loss']:.3f} "
+                f"{cfg.train.metric} {m[cfg.train.metric]:.4f} (best {m['best_metric']:.4f})"))
+            if m["done"]:
+                bar.update(task, total=m["epoch"] + 1)
+
+        try:
+            result = train_run(cfg, data, ray_address=ray_address, mlflow_uri=mlflow_uri,
+                               on_epoch=on_epoch)
+        except FileNotFoundError as e:
+            fail(str(e), code=1)
     _print_result(result)
     return result
 
 
 @app.command()
 def train(config: ConfigArg,
-          data: Annotated[str | None, typer.Option(help="Dataset folder or URI (default: data.output).")] = None,
-          workers: Annotated[int | None, typer.Option(help="Ray Train workers (default: the CPUs available).")] = None,
+          data: Annotated[str | None, typer.Option(
+              help="Dataset folder or URI (default: data.output).")] = None,
+          workers: Annotated[int | None, typer.Option(
+              help="Ray Train workers (default: the CPUs available).")] = None,
           gpus: Annotated[bool, typer.Option("--gpus", help="One GPU per worker, NCCL.")] = False,
           ray_address: RayOpt = None, mlflow_uri: MlflowOpt = None, set_: SetOpt = None) -> None:
     """Train the config's model under its adversarial regime on Ray Train, tracked in MLflow."""
@@ -137,7 +153,8 @@ def train(config: ConfigArg,
 
 
 @app.command()
-def demo(data: Annotated[Path, typer.Option(help="Folder with rt-polarity.neg / rt-polarity.pos.")] = Path("../shared/data/mr"),
+def demo(data: Annotated[Path, typer.Option(
+             help="Folder with rt-polarity.neg / rt-polarity.pos.")] = Path("../shared/data/mr"),
          output: Annotated[str, typer.Option(help="Where the shards go.")] = "data/mr",
          workers: Annotated[int, typer.Option(help="Ray Train workers.")] = 2,
          ray_address: RayOpt = None, mlflow_uri: MlflowOpt = None, set_: SetOpt = None) -> None:

@@ -14,7 +14,12 @@ def demo_overrides(data: Path, output: str, workers: int) -> list[str]:
         f'data.sources=[{{path="{data}/rt-polarity.neg", label="neg"}}, '
         f'{{path="{data}/rt-polarity.pos", label="pos"}}]',
         f'data.output="{output}"',
+        "model.dropout=0.3",
         'regime.name="at"',
+        "regime.epsilon=5.0",
+        "train.epochs=15",
+        "train.lr=0.004",
+        "train.patience=4",
         f"train.workers={workers}",
         'mlflow.experiment="mr"',
     ]

@@ -30,7 +30,8 @@ def config(output: str | Path, overrides: list[str] | None = None) -> Experiment
     return load_config(None, base + list(overrides or []))
 
 
-def prepare(output: str | Path, overrides: list[str] | None = None) -> tuple[ExperimentConfig, float]:
+def prepare(output: str | Path,
+            overrides: list[str] | None = None) -> tuple[ExperimentConfig, float]:
     """Preprocess MR into `output` (a no-op when it is already up to date); (config, seconds)."""
     from advorch.pipelines import text
 

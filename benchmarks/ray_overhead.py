@@ -40,6 +40,7 @@ import mrdata  # noqa: E402
 import report  # noqa: E402
 
 TARGET = 1.10  # Ray per-epoch time / plain per-epoch time
+WORKER = "ray::RayTrainWorker"  # process title of a Ray Train worker
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,7 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="existing MR shard folder (built there if missing); default: a temp folder")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config override, e.g. model.name=\"lstm\" (repeatable)")
-    p.add_argument("--name", default="ray_overhead", help="results/NAME.json and RESULTS.md section")
+    p.add_argument("--name", default="ray_overhead",
+                   help="results/NAME.json and RESULTS.md section")
     p.add_argument("--no-write", action="store_true", help="print only; do not write results")
     return p.parse_args(argv)
 
@@ -69,16 +71,15 @@ def experiment(args, data: str, storage: str, regime: str):
         *args.overrides])
 
 
-def plain_fit(cfg, data: str, ckpt_dir: str) -> tuple[float, list[dict[str, Any]]]:
-    """train_worker's work for rank 0 of 1, without Ray: (wall seconds, per-epoch metrics)."""
+def plain_fit(cfg, data: str, ckpt_dir: str) -> tuple[float, list[dict[str, Any]], float]:
+    """train_worker's work for rank 0 of 1, without Ray: (wall s, per-epoch metrics, CPU s)."""
     import torch
-
     from advorch.pipelines.shards import read_manifest
     from advorch.trainers.data import batches, load_slice, steps_per_epoch
     from advorch.trainers.evaluate import evaluate
     from advorch.trainers.loop import CHECKPOINT_FILE, build, is_better, train_step
 
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     device = torch.device("cpu")
     manifest = read_manifest(data)
     train = load_slice(data, "train", 0, 1, cfg.model.max_length, manifest)
@@ -87,7 +88,8 @@ def plain_fit(cfg, data: str, ckpt_dir: str) -> tuple[float, list[dict[str, Any]
     model, regime = build(cfg, manifest)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr,
                                  weight_decay=cfg.train.weight_decay)
-    state = {"epoch": -1, "best_metric": None, "best_epoch": -1, "bad_epochs": 0, "best_model": None}
+    state = {"epoch": -1, "best_metric": None, "best_epoch": -1, "bad_epochs": 0,
+             "best_model": None}
     history = []
     for epoch in range(cfg.train.epochs):
         t0 = time.perf_counter()
@@ -102,31 +104,103 @@ def plain_fit(cfg, data: str, ckpt_dir: str) -> tuple[float, list[dict[str, Any]
         metrics["epoch_seconds"] = time.perf_counter() - t0
         value = metrics[cfg.train.metric]
         if is_better(value, state["best_metric"], cfg.train.metric):
-            state.update(best_metric=value, best_epoch=epoch, bad_epochs=0,
-                         best_model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+            best = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            state.update(best_metric=value, best_epoch=epoch, bad_epochs=0, best_model=best)
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "state": state, "experiment": cfg.model_dump()},
                    os.path.join(ckpt_dir, CHECKPOINT_FILE))
+        metrics["epoch"] = epoch
         history.append(metrics)
         if state["bad_epochs"] >= cfg.train.patience:
             break
-    return time.perf_counter() - t_start, history
+    return time.perf_counter() - t_start, history, time.process_time() - cpu_start
 
 
-def ray_fit(cfg, data: str) -> tuple[float, list[dict[str, Any]]]:
-    """launch.fit with one worker, no MLflow: (wall seconds of the call, per-epoch metrics)."""
+class CpuSampler:
+    """CPU seconds (user + system) of this process and all its descendants (the local Ray
+    instance's processes among them), sampled every `period` s in a thread, so that
+    processes that exit before the end (the Train worker) are counted too.
+
+    Wall times on a busy machine mix Ray's cost with other users' load; CPU seconds and
+    the worker's CPU share (CPU seconds / seconds alive) tell the two apart.
+    """
+
+    def __init__(self, period: float = 0.5) -> None:
+        import threading
+
+        import psutil
+
+        self.psutil, self.period = psutil, period
+        self.me = psutil.Process()
+        self.base: dict[int, float] = {}
+        # pid → (label, cpu seconds, first seen, last seen)
+        self.last: dict[int, tuple[str, float, float, float]] = {}
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _label(self, p) -> str:
+        if p.pid == self.me.pid:
+            return "driver"
+        cmd = p.cmdline()
+        if cmd and cmd[0].startswith("ray::"):  # Ray's process title: ray::IDLE, ray::RayTrainWorker…
+            return cmd[0].split()[0].split(".")[0]
+        return p.name()
+
+    def _sample(self) -> None:
+        now = time.perf_counter()
+        for p in [self.me, *self.me.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                cpu = t.user + t.system
+                label = self._label(p)  # the title changes: a pre-started ray::IDLE becomes a worker
+            except (self.psutil.NoSuchProcess, self.psutil.AccessDenied, self.psutil.ZombieProcess):
+                continue
+            old = self.last.get(p.pid)
+            first = old[2] if old and old[0] == label else now  # alive: since it took this title
+            self.last[p.pid] = (label, cpu, first, now)
+
+    def _run(self) -> None:
+        while not self.stop_event.wait(self.period):
+            self._sample()
+
+    def __enter__(self) -> CpuSampler:
+        self._sample()
+        self.base = {pid: cpu for pid, (_, cpu, _, _) in self.last.items()}
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_event.set()
+        self.thread.join()
+        self._sample()
+
+    def by_label(self) -> dict[str, tuple[float, float]]:
+        """label → (CPU seconds used while sampling, seconds seen alive)."""
+        out: dict[str, tuple[float, float]] = {}
+        for pid, (label, cpu, first, last) in self.last.items():
+            c, a = out.get(label, (0.0, 0.0))
+            out[label] = (c + cpu - self.base.get(pid, 0.0), a + last - first)
+        return out
+
+
+def ray_fit(cfg, data: str) -> tuple[float, list[dict[str, Any]], dict[str, tuple[float, float]]]:
+    """launch.fit with one worker, no MLflow: (wall seconds of the call, per-epoch metrics
+    as far as result.metrics_dataframe has them, CPU use by process label)."""
     from advorch.trainers.launch import fit
 
-    t0 = time.perf_counter()
-    result = fit(cfg, data, run_id=None, tracking_uri=None)
-    wall = time.perf_counter() - t0
+    with CpuSampler() as cpu:
+        t0 = time.perf_counter()
+        result = fit(cfg, data, run_id=None, tracking_uri=None)
+        wall = time.perf_counter() - t0
     if result.error:
         raise result.error
-    df = result.metrics_dataframe
-    return wall, df.to_dict("records")
+    # Ray Train V2 builds metrics_dataframe from the checkpoints it KEEPS (launch.fit:
+    # CheckpointConfig(num_to_keep=2)), so only the last two epochs are in it.
+    records = result.metrics_dataframe.to_dict("records")
+    return wall, sorted(records, key=lambda m: m["epoch"]), cpu.by_label()
 
 
 def probe_worker_threads() -> str:
@@ -137,16 +211,26 @@ def probe_worker_threads() -> str:
     def threads() -> str:
         import torch
 
-        return f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}"
+        omp = os.environ.get("OMP_NUM_THREADS")
+        return f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={omp}"
 
     return ray.get(threads.remote())
 
 
-def same_metrics(a: list[dict], b: list[dict], keys=("train_loss", "val_accuracy", "val_loss")) -> str:
-    diffs = [abs(x[k] - y[k]) for x, y in zip(a, b, strict=False) for k in keys if k in x and k in y]
-    if len(a) != len(b):
-        return f"epoch counts differ ({len(a)} plain, {len(b)} Ray)"
-    return "identical" if max(diffs, default=0.0) == 0 else f"max |difference| {max(diffs):.2e}"
+def others_cpu(cpu: dict[str, tuple[float, float]]) -> float:
+    """CPU seconds of every sampled process but the Train worker (Ray's own and the driver)."""
+    return sum(c for k, (c, _) in cpu.items() if k != WORKER)
+
+
+def same_metrics(plain: list[dict], ray: list[dict],
+                 keys=("train_loss", "train_accuracy", "val_accuracy", "val_loss")) -> str:
+    """Do the Ray epochs (those in metrics_dataframe) match the plain epochs of the same index?"""
+    by_epoch = {m["epoch"]: m for m in plain}
+    diffs = [abs(m[k] - by_epoch[m["epoch"]][k]) for m in ray if m["epoch"] in by_epoch
+             for k in keys]
+    epochs = [int(m["epoch"]) for m in ray]
+    return (f"identical on epochs {epochs}" if max(diffs, default=1.0) == 0
+            else f"max |difference| {max(diffs, default=float('nan')):.2e} on epochs {epochs}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,8 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     if not regimes:
         return 2
 
-    plain: dict[str, list[tuple[float, list[dict]]]] = {r: [] for r in regimes}
-    rayed: dict[str, list[tuple[float, list[dict]]]] = {r: [] for r in regimes}
+    plain: dict[str, list] = {r: [] for r in regimes}  # (wall, epochs, cpu)
+    rayed: dict[str, list] = {r: [] for r in regimes}  # (wall, epochs, cpu by process)
+    t_begin = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="advorch-bench-") as tmp:
         data = args.data or str(Path(tmp) / "mr")
         mrdata.prepare(data)
@@ -177,10 +262,10 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(args.repeats):
             for r in regimes:
                 with tempfile.TemporaryDirectory(dir=tmp) as ckpt:
-                    wall, hist = plain_fit(cfgs[r], data, ckpt)
-                plain[r].append((wall, hist))
-                print(f"[plain #{rep}] {r}: {wall:.1f} s total, epochs "
-                      f"{[round(h['epoch_seconds'], 2) for h in hist]} s, "
+                    wall, hist, cpu = plain_fit(cfgs[r], data, ckpt)
+                plain[r].append((wall, hist, cpu))
+                print(f"[plain #{rep}] {r}: {wall:.1f} s total ({cpu / wall:.0%} CPU), epoch s "
+                      f"{[round(h['epoch_seconds'], 2) for h in hist]}, "
                       f"val_accuracy {[round(h['val_accuracy'], 4) for h in hist]}", flush=True)
 
         import ray
@@ -193,51 +278,87 @@ def main(argv: list[str] | None = None) -> int:
             worker_threads = probe_worker_threads()
             for rep in range(args.repeats):
                 for r in regimes:
-                    wall, hist = ray_fit(cfgs[r], data)
-                    rayed[r].append((wall, hist))
-                    print(f"[ray   #{rep}] {r}: {wall:.1f} s total, epochs "
-                          f"{[round(h['epoch_seconds'], 2) for h in hist]} s, "
-                          f"val_accuracy {[round(h['val_accuracy'], 4) for h in hist]}", flush=True)
+                    wall, hist, cpu = ray_fit(cfgs[r], data)
+                    rayed[r].append((wall, hist, cpu))
+                    w_cpu, w_alive = cpu.get(WORKER, (0.0, 0.0))
+                    print(f"[ray   #{rep}] {r}: {wall:.1f} s total, epoch s "
+                          f"{ {int(h['epoch']): round(h['epoch_seconds'], 2) for h in hist} }, "
+                          f"val_accuracy {[round(h['val_accuracy'], 4) for h in hist]}; "
+                          f"train worker {w_cpu:.1f} CPU s over {w_alive:.1f} s alive, "
+                          f"other Ray processes {others_cpu(cpu):.1f} CPU s",
+                          flush=True)
         finally:
             ray.shutdown()
+    elapsed = time.perf_counter() - t_begin
+
+    def sd(xs: list[float]) -> float:
+        return statistics.stdev(xs) if len(xs) > 1 else 0.0
 
     rows = [report.row("ray.init", "wall", ray_init, None, 1, "s")]
-    notes, verdicts = [], []
-    print(f"\n{'regime':<8}{'way':<7}{'epoch s (median)':>18}{'total s':>9}{'outside epochs s':>18}")
+    verdicts, cpu_lines = [], []
+    print(f"\n{'regime':<8}{'way':<7}{'epoch s (median)':>18}{'total s':>9}"
+          f"{'outside epochs s':>18}")
     for r in regimes:
-        pe = [h["epoch_seconds"] for _, hist in plain[r] for h in hist]
-        re_ = [h["epoch_seconds"] for _, hist in rayed[r] for h in hist]
-        pt = [w for w, _ in plain[r]]
-        rt = [w for w, _ in rayed[r]]
-        # wall time outside the epochs' own span, per run
-        po = [w - sum(h["epoch_seconds"] for h in hist) for w, hist in plain[r]]
-        ro = [w - sum(h["epoch_seconds"] for h in hist) for w, hist in rayed[r]]
+        # per epoch: only the epochs Ray's metrics_dataframe holds, against the same epochs
+        # of the plain runs (the first epoch, the slowest, is the one missing)
+        kept = sorted({int(h["epoch"]) for _, hist, _ in rayed[r] for h in hist})
+        pe = [h["epoch_seconds"] for _, hist, _ in plain[r] for h in hist if h["epoch"] in kept]
+        re_ = [h["epoch_seconds"] for _, hist, _ in rayed[r] for h in hist]
         ratio = statistics.median(re_) / statistics.median(pe)
+        pt = [w for w, _, _ in plain[r]]
+        rt = [w for w, _, _ in rayed[r]]
+        # outside the epochs: total − Σ epoch_seconds; Ray's missing epochs are estimated as
+        # the plain run's same epochs × the per-epoch ratio
+        po = [w - sum(h["epoch_seconds"] for h in hist) for w, hist, _ in plain[r]]
+        p_missing = statistics.fmean(sum(h["epoch_seconds"] for h in hist if h["epoch"] not in kept)
+                                     for _, hist, _ in plain[r])
+        ro = [w - sum(h["epoch_seconds"] for h in hist) - p_missing * ratio
+              for w, hist, _ in rayed[r]]
         fixed = statistics.fmean(ro) - statistics.fmean(po)
-        sd = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0  # noqa: E731
+        p_cpu = [c for _, _, c in plain[r]]
+        w_cpu = [c.get(WORKER, (0.0, 0.0))[0] for _, _, c in rayed[r]]
+        w_alive = [c.get(WORKER, (0.0, 1.0))[1] for _, _, c in rayed[r]]
+        others = [others_cpu(c) for _, _, c in rayed[r]]
+        mean = statistics.fmean
         rows += [
-            *report.summary_rows(f"{r} plain", "epoch_seconds", pe, "s"),
-            *report.summary_rows(f"{r} ray", "epoch_seconds", re_, "s"),
+            *report.summary_rows(f"{r} plain", f"epoch_seconds_e{kept}", pe, "s"),
+            *report.summary_rows(f"{r} ray", f"epoch_seconds_e{kept}", re_, "s"),
             report.row(r, "epoch_ratio_ray_to_plain_of_medians", ratio, None, len(re_), "x"),
             report.row(f"{r} plain", "total_wall", statistics.fmean(pt), sd(pt), len(pt), "s"),
             report.row(f"{r} ray", "total_wall_fit", statistics.fmean(rt), sd(rt), len(rt), "s"),
             report.row(r, "total_ratio_ray_to_plain", statistics.fmean(rt) / statistics.fmean(pt),
                        None, len(rt), "x"),
             report.row(f"{r} plain", "outside_epochs", statistics.fmean(po), sd(po), len(po), "s"),
-            report.row(f"{r} ray", "outside_epochs", statistics.fmean(ro), sd(ro), len(ro), "s"),
-            report.row(r, "ray_fixed_cost_per_fit", fixed, None, len(ro), "s"),
+            report.row(f"{r} ray", "outside_epochs_est", mean(ro), sd(ro), len(ro), "s"),
+            report.row(r, "ray_fixed_cost_per_fit_est", fixed, None, len(ro), "s"),
+            report.row(f"{r} plain", "cpu_seconds", mean(p_cpu), sd(p_cpu), len(p_cpu), "s"),
+            report.row(f"{r} plain", "cpu_share", mean(p_cpu) / mean(pt), None, len(pt), "x"),
+            report.row(f"{r} ray worker", "cpu_seconds", mean(w_cpu), sd(w_cpu), len(w_cpu), "s"),
+            report.row(f"{r} ray worker", "cpu_share", mean(w_cpu) / mean(w_alive), None,
+                       len(w_cpu), "x"),
+            report.row(f"{r} ray others", "cpu_seconds", mean(others), sd(others),
+                       len(others), "s"),
         ]
         for way, e, t, o in (("plain", pe, pt, po), ("ray", re_, rt, ro)):
             print(f"{r:<8}{way:<7}{statistics.median(e):>18.2f}{statistics.fmean(t):>9.1f}"
                   f"{statistics.fmean(o):>18.1f}")
         check = same_metrics(plain[r][0][1], rayed[r][0][1])
-        verdicts.append(f"{r}: per-epoch ray/plain = {ratio:.3f}x (target <= {TARGET}x): "
-                        f"{'OK' if ratio <= TARGET else 'ABOVE TARGET'}; Ray fixed cost per fit "
-                        f"{fixed:.1f} s (+ ray.init {ray_init:.1f} s once); total "
-                        f"{statistics.fmean(rt):.1f} s vs {statistics.fmean(pt):.1f} s; "
-                        f"metrics plain vs Ray: {check}")
-    print(f"ray.init {ray_init:.1f} s; Ray worker: {worker_threads}")
-    for v in verdicts:
+        verdicts.append(
+            f"{r}: per-epoch ray/plain = {ratio:.3f}x on epochs {kept} (target <= {TARGET}x): "
+            f"{'OK' if ratio <= TARGET else 'ABOVE TARGET'}; Ray fixed cost per fit ≈ "
+            f"{fixed:.1f} s (+ ray.init {ray_init:.1f} s once per process); total "
+            f"{mean(rt):.1f} s vs {mean(pt):.1f} s; metrics plain vs Ray: {check}")
+        last = rayed[r][-1][2]
+        cpu_lines.append(
+            f"{r}: CPU s — plain loop {mean(p_cpu):.1f} ({mean(p_cpu) / mean(pt):.0%} of its "
+            f"wall time); Ray train worker {mean(w_cpu):.1f} ({mean(w_cpu) / mean(w_alive):.0%} "
+            f"of its {mean(w_alive):.1f} s alive); other Ray processes and driver "
+            f"{mean(others):.1f} during the fit; last fit by process: "
+            + ", ".join(f"{k} {c:.1f}" for k, (c, _) in sorted(last.items(), key=lambda kv: -kv[1][0])
+                        if c >= 0.05))
+    print(f"ray.init {ray_init:.1f} s; Ray worker: {worker_threads}; "
+          f"whole benchmark {elapsed:.0f} s")
+    for v in [*verdicts, *cpu_lines]:
         print(v)
 
     if not args.no_write:
@@ -246,14 +367,20 @@ def main(argv: list[str] | None = None) -> int:
             f"every epoch), {args.repeats} run(s) each way; plain loop in this process with "
             f"torch.set_num_threads({args.threads}), run before Ray starts; Ray: "
             f"`ray.init(num_cpus={args.num_cpus}, include_dashboard=False, log_to_driver=False)`, "
-            "`launch.fit` with train.workers=1, no MLflow. Ray worker: " + worker_threads + ".",
-            "- `epoch_seconds`: train steps + metric reduction + validation of one epoch (the "
-            "worker's own metric for Ray; `*_median` rows hold the median in `mean`). "
-            "`total_wall*`: the whole plain loop / the whole `fit` call. `outside_epochs` = "
+            f"`launch.fit` with train.workers=1, no MLflow. Ray worker: {worker_threads}.",
+            "- Per epoch: the worker's own `epoch_seconds` (train steps + metric reduction + "
+            "validation) from `result.metrics_dataframe`, against the plain loop's same span of "
+            "the same epochs. Ray Train V2 fills metrics_dataframe from the KEPT checkpoints only "
+            "(`launch.fit`: `num_to_keep=2`), so only the last two epochs are there. `*_median` "
+            "rows hold the median in `mean`.",
+            "- `total_wall*`: the whole plain loop / the whole `fit` call. `outside_epochs` = "
             "total − Σ epoch_seconds (data loading, build, checkpoints; for Ray also trainer and "
-            "worker start-up, process group, reports, shut-down); `ray_fixed_cost_per_fit` = "
-            "ray − plain of it. `ray.init` is paid once per process, not per fit.",
-            *(f"- {v}" for v in verdicts),
+            "worker start-up, process group, reports, shut-down), Ray's missing epochs estimated "
+            "from the plain ones × the per-epoch ratio; `ray_fixed_cost_per_fit_est` = ray − plain "
+            "of it. `ray.init` is paid once per process, not per fit.",
+            "- CPU seconds (psutil, sampled every 0.5 s): on a busy machine a CPU share well "
+            "below 100% means the process waited for a core.",
+            *(f"- {v}" for v in [*verdicts, *cpu_lines]),
         ]
         path = report.write(args.name, rows, notes="\n".join(notes))
         print(f"wrote {path} and the {args.name!r} section of {report.RESULTS_MD}")

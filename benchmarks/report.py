@@ -31,7 +31,8 @@ TITLE = "# Benchmark results\n\nWritten by `benchmarks/report.py`; one section p
 FIELDS = ("name", "metric", "mean", "std", "n", "unit")
 
 
-def row(name: str, metric: str, mean: float, std: float | None, n: int, unit: str) -> dict[str, Any]:
+def row(name: str, metric: str, mean: float, std: float | None, n: int,
+        unit: str) -> dict[str, Any]:
     """One result row. `mean` holds the statistic named by `metric` (e.g. a median)."""
     return {"name": name, "metric": metric, "mean": float(mean),
             "std": None if std is None else float(std), "n": int(n), "unit": unit}
@@ -130,7 +131,7 @@ def write(name: str, rows: Sequence[dict[str, Any]], notes: str = "",
     doc = {
         "benchmark": name,
         "command": cmd or command(),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "rows": [{f: r[f] for f in FIELDS} for r in rows],
     }

@@ -58,12 +58,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_runners(args, data: str, regimes: list[str]):
     """{regime: (model, regime, optimizer)} for the regimes that exist, and the shared batch."""
     import torch
-
-    from advorch.config import ConfigError
     from advorch.pipelines.shards import read_manifest
     from advorch.trainers.adversarial import REGIMES
     from advorch.trainers.data import load_slice, make_batch
     from advorch.trainers.loop import build
+
+    from advorch.config import ConfigError
 
     manifest = read_manifest(data)
     runners = {}
@@ -74,7 +74,8 @@ def build_runners(args, data: str, regimes: list[str]):
             continue
         overrides = [f'model.name="{args.model}"',
                      "model.embedding_dim=128", "model.hidden_dim=140",
-                     f"train.batch_size={args.batch_size}", f'regime.name="{name}"', *args.overrides]
+                     f"train.batch_size={args.batch_size}", f'regime.name="{name}"',
+                     *args.overrides]
         try:
             cfg = mrdata.config(data, overrides)
         except ConfigError as e:
@@ -92,10 +93,9 @@ def build_runners(args, data: str, regimes: list[str]):
 
 def profile(runners, batch, grad_clip, steps: int) -> None:
     """torch.profiler table of the top operators per regime (self CPU time)."""
+    from advorch.trainers.loop import train_step
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as tprofile
-
-    from advorch.trainers.loop import train_step
 
     for name, (model, regime, opt) in runners.items():
         with tprofile(activities=[ProfilerActivity.CPU]) as prof:

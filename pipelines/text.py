@@ -22,8 +22,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-
-from advorch.config import DataConfig
 from advorch.pipelines.shards import (
     DatasetWriter,
     Quarantine,
@@ -32,6 +30,8 @@ from advorch.pipelines.shards import (
     sources_unchanged,
     write_part,
 )
+
+from advorch.config import DataConfig
 from advorch.progress import track
 
 PAD, OOV = "<pad>", "<unk>"
@@ -159,10 +159,9 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
         PipelineError: no sources, a missing source file, or a class with no usable line.
         ShardError: the output folder cannot be written.
     """
+    from advorch.pipelines.cluster import dask_client
     from dask.bytes import read_bytes
     from dask.delayed import delayed
-
-    from advorch.pipelines.cluster import dask_client
 
     output = output or cfg.output
     if not cfg.sources:
@@ -241,7 +240,8 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
         manifest = writer.commit(
             splits=splits, schema=SCHEMA, sources=sources, quarantine=quarantine, params=params,
             classes=classes, shapes={"tokens": [None], "label": []},
-            extra={"vocab_size": len(vocab), "class_counts": {c: counts.get(i, 0) for i, c in enumerate(classes)}},
+            extra={"vocab_size": len(vocab),
+                   "class_counts": {c: counts.get(i, 0) for i, c in enumerate(classes)}},
         )
     except BaseException:
         writer.abort()

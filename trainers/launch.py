@@ -7,8 +7,12 @@ validation epoch, the model with an input example, config and vocabulary.
 
 from __future__ import annotations
 
+import json
 import os
+import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +30,11 @@ class TrainResult:
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join the cluster at `address` / $RAY_ADDRESS, or start a local Ray instance."""
+    """Join the cluster at `address` / $RAY_ADDRESS, or start a local Ray instance.
+
+    Worker logs stay in Ray's log folder (the driver shows progress from the epoch
+    reports instead): without the dashboard, Ray's own messages would flood it.
+    """
     import ray
 
     if ray.is_initialized():
@@ -40,39 +48,69 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
 
 def fit(cfg: ExperimentConfig, data: str, *, run_id: str | None = None,
-        tracking_uri: str | None = None, name: str | None = None):
-    """Run `train_worker` on Ray Train workers; returns the ray.train.Result."""
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+        tracking_uri: str | None = None, name: str | None = None,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None):
+    """Run `train_worker` on Ray Train workers; returns the ray.train.Result.
 
+    `on_epoch` is called in the driver with each epoch's metrics as rank 0 reports them.
+    """
+    import ray
     from advorch.trainers.device import backend
     from advorch.trainers.loop import train_worker
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     workers = cfg.train.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     storage = cfg.train.storage
     if "://" not in storage:
         storage = str(Path(storage).absolute())
+    name = name or f"{cfg.name}-{uuid.uuid4().hex[:8]}"  # fresh: a reused name resumes
+    progress = f"{storage}/{name}/progress.jsonl"
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"experiment": cfg.model_dump(), "data": data,
+        train_loop_config={"experiment": cfg.model_dump(), "data": data, "progress": progress,
                            "run_id": run_id, "tracking_uri": tracking_uri},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.train.gpus),
         torch_config=TorchConfig(backend=backend(cfg.train.gpus)),
         run_config=RunConfig(
-            name=name or f"{cfg.name}-{uuid.uuid4().hex[:8]}",  # fresh: a reused name resumes
+            name=name,
             storage_path=storage,
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
-    return trainer.fit()
+    if on_epoch is None:
+        return trainer.fit()
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(trainer.fit)
+        seen = 0
+        while seen >= 0:
+            done = running.done()
+            seen = _follow(progress, seen, on_epoch)
+            if done:
+                break
+            time.sleep(0.5)
+        return running.result()
 
 
-def test_metrics(cfg: ExperimentConfig, data: str, model_state: dict[str, Any]) -> tuple[dict[str, float], Any, Any]:
+def _follow(uri: str, seen: int, on_epoch: Callable[[dict[str, Any]], None]) -> int:
+    """Call on_epoch for the progress lines after the first `seen`; return the new count."""
+    import fsspec
+
+    try:
+        with fsspec.open(uri, "r") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return seen
+    for line in lines[seen:]:
+        on_epoch(json.loads(line))
+    return len(lines)
+
+
+def test_metrics(cfg: ExperimentConfig, data: str,
+                 model_state: dict[str, Any]) -> tuple[dict[str, float], Any, Any]:
     """test_* metrics of a trained state on the whole test split; returns (metrics, model, example)."""
     import torch
-
     from advorch.pipelines.shards import read_manifest
     from advorch.trainers.data import load_slice
     from advorch.trainers.evaluate import evaluate
@@ -87,7 +125,8 @@ def test_metrics(cfg: ExperimentConfig, data: str, model_state: dict[str, Any]) 
 
 
 def train(cfg: ExperimentConfig, data: str | None = None, *, ray_address: str | None = None,
-          mlflow_uri: str | None = None, track: bool = True) -> TrainResult:
+          mlflow_uri: str | None = None, track: bool = True,
+          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     """Fit on Ray, evaluate the best epoch on test, record everything in MLflow."""
     from advorch.pipelines.shards import read_manifest, read_side_file
     from advorch.trainers.models import Serving
@@ -107,7 +146,7 @@ def train(cfg: ExperimentConfig, data: str | None = None, *, ray_address: str | 
                                     {**cfg.flat(), "data.build_id": manifest["build_id"]},
                                     tags={"advorch.dataset": data, "advorch.regime": cfg.regime.name})
     try:
-        result = fit(cfg, data, run_id=run_id, tracking_uri=uri)
+        result = fit(cfg, data, run_id=run_id, tracking_uri=uri, on_epoch=on_epoch)
         if result.error:
             raise result.error
         saved = load_checkpoint_dir(result.checkpoint)

@@ -13,15 +13,15 @@ import time
 from typing import Any
 
 import torch
-from torch import nn
-
-from advorch.config import ExperimentConfig
 from advorch.pipelines.shards import read_manifest
 from advorch.trainers import device as dev
 from advorch.trainers.adversarial import Regime, build_regime
 from advorch.trainers.data import batches, load_slice, steps_per_epoch
 from advorch.trainers.evaluate import evaluate
 from advorch.trainers.models import build_model
+from torch import nn
+
+from advorch.config import ExperimentConfig
 
 CHECKPOINT_FILE = "state.pt"
 
@@ -112,6 +112,8 @@ def train_worker(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
+                if config.get("progress"):
+                    append_progress(config["progress"], metrics)
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                             "state": state, "experiment": config["experiment"]},
                            os.path.join(tmp, CHECKPOINT_FILE))
@@ -124,6 +126,16 @@ def train_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ckpt)
         if stop:
             break
+
+
+def append_progress(uri: str, metrics: dict[str, Any]) -> None:
+    """One JSON line per epoch beside the checkpoints; the driver's progress bar reads it."""
+    import json
+
+    import fsspec
+
+    with fsspec.open(uri, "a") as f:
+        f.write(json.dumps(metrics) + "\n")
 
 
 def load_checkpoint(path: str) -> dict[str, Any]:

@@ -47,7 +47,7 @@ def experiment_id(uri: str, name: str) -> str:
 def start_run(uri: str, experiment: str, run_name: str, params: dict[str, Any],
               tags: dict[str, str] | None = None, parent_run_id: str | None = None) -> str:
     """Create a run with the resolved config as params; return its id."""
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import Param
 
     client = _client(uri)
     tags = dict(tags or {})
@@ -59,9 +59,9 @@ def start_run(uri: str, experiment: str, run_name: str, params: dict[str, Any],
 
 
 def log_metrics(uri: str, run_id: str, values: dict[str, float], step: int | None = None) -> None:
-    from mlflow.entities import Metric
-
     import time
+
+    from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
     _client(uri).log_batch(run_id, metrics=[Metric(k, float(v), now, step or 0) for k, v in values.items()])
@@ -76,12 +76,21 @@ def log_text(uri: str, run_id: str, text: str, artifact_file: str) -> None:
 
 
 def log_model(uri: str, run_id: str, model: Any, input_example: Any, extra_files: dict[str, Any]) -> str:
-    """Log a torch model (pickle format, with an input example) into the run; return its URI."""
+    """Log a torch model (pickle format, with an input example) into the run; return its URI.
+
+    Pickle, not MLflow's default pt2: torch.export of an LSTM over variable-length
+    batches is fragile, and loading needs advorch installed either way.
+    """
+    import logging
+
     import mlflow
     import torch
 
+    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # the pickle-format caution
+
     mlflow.set_tracking_uri(uri)
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+    nested = mlflow.active_run() is not None
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id, nested=nested):
         paths = []
         for name, content in extra_files.items():
             p = Path(tmp) / name

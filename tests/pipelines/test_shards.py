@@ -15,8 +15,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from advorch import __version__
 from advorch.pipelines.shards import (
     FORMAT,
     MANIFEST,
@@ -30,6 +28,8 @@ from advorch.pipelines.shards import (
     sources_unchanged,
     write_part,
 )
+
+from advorch import __version__
 
 SCHEMA = pa.schema([("id", pa.string()), ("x", pa.int64())])
 
@@ -109,8 +109,10 @@ def test_commit_writes_the_manifest(tmp_path: Path) -> None:
         assert (root / rel).is_file(), rel
     assert _listing(root) == _listed(manifest) | {MANIFEST, "parts", "side", "quarantine"}
     assert read_side_file(str(root), "vocab.json") == b'["<pad>", "a"]'
-    records = [json.loads(line) for line in
-               (root / manifest["quarantine"]["file"]).read_text().splitlines()]
+    # split on "\n" only: records are JSON Lines, and str.splitlines() would also cut
+    # at the U+0085 a raw cp1252 line can hold
+    text = (root / manifest["quarantine"]["file"]).read_text(encoding="utf-8")
+    records = [json.loads(line) for line in text.split("\n") if line]
     assert [(r["source"], r["line"]) for r in records] == [("gen.txt", 1), ("gen.txt", 2)]
     assert records[0]["raw"] == "\x85 "  # raw bytes kept losslessly (latin-1)
 

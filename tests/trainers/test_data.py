@@ -1,7 +1,6 @@
 """Worker slices of the real MR shards."""
 
 import torch
-
 from advorch.pipelines.shards import read_manifest
 from advorch.trainers.data import batches, load_slice, slice_bounds, steps_per_epoch
 

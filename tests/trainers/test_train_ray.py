@@ -21,9 +21,8 @@ def _cfg(tmp_path: Path, *extra: str):
 def test_training_is_tracked_in_mlflow_with_the_model(ray_local, mr_shards, tmp_path):
     import mlflow
     import numpy as np
-    from mlflow.tracking import MlflowClient
-
     from advorch.trainers.launch import train
+    from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     cfg = _cfg(tmp_path, 'regime.name="at"', "train.epochs=2", 'mlflow.experiment="t"')
@@ -69,3 +68,19 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_local, mr_shards, tmp_pa
     assert result.metrics["epoch"] == 7
     assert result.metrics["resumed_from_epoch"] >= 1  # restarted after epoch 0, not from scratch
     assert result.checkpoint is not None
+
+
+def test_same_seed_same_training(ray_local, mr_shards, tmp_path):
+    """Seeded: two runs with one seed give identical metrics; another seed differs."""
+    from advorch.trainers.launch import fit
+
+    def history(seed: int) -> list[float]:
+        cfg = _cfg(tmp_path, 'regime.name="at"', "train.epochs=1", f"train.seed={seed}",
+                   "train.batch_size=256")
+        result = fit(cfg, str(mr_shards))
+        assert result.error is None
+        return [result.metrics["train_loss"], result.metrics["val_loss"]]
+
+    first = history(3)
+    assert history(3) == first
+    assert history(4) != first

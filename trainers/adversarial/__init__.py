@@ -5,10 +5,11 @@ Adding a regime is adding a module and one line in REGIMES.
 
 from __future__ import annotations
 
-from advorch.config import RegimeConfig
 from advorch.trainers.adversarial.at import AllStepAT
 from advorch.trainers.adversarial.base import Regime
 from advorch.trainers.adversarial.clean import Clean
+
+from advorch.config import RegimeConfig
 
 REGIMES = {
     "clean": lambda cfg: Clean(),

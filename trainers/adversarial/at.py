@@ -11,10 +11,9 @@ forward/backward pairs.
 
 from __future__ import annotations
 
-from torch import Tensor, nn
-
 from advorch.trainers.adversarial.base import clean_pass, l2_normalize_per_sample, perturbed_pass
 from advorch.trainers.models.base import Batch
+from torch import Tensor, nn
 
 
 def at_perturbation(g: Tensor, mask: Tensor, epsilon: float) -> Tensor:

@@ -12,9 +12,8 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from advorch.trainers.models.base import Batch, Output
+from torch import Tensor, nn
 
 
 class Regime(Protocol):

@@ -1,0 +1,31 @@
+"""The real `advorch train` command, end to end, for one short epoch."""
+
+import re
+
+import pytest
+
+from tests.conftest import mr_config, run_cli
+
+pytestmark = pytest.mark.ray
+
+
+def test_advorch_train_runs_and_records_an_mlflow_run(mr_shards, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    cfg = mr_config(tmp_path / "mr.toml", mr_shards,
+                    model={"hidden_dim": 16, "embedding_dim": 16},
+                    regime={"name": "at", "epsilon": 2.0},
+                    train={"epochs": 1, "batch_size": 128, "storage": str(tmp_path / "runs")},
+                    mlflow={"experiment": "cli"})
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = run_cli("train", str(cfg), "--workers", "2", "--mlflow-uri", uri,
+                   "--set", "mlflow.log_model=false", cwd=tmp_path,
+                   env={"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+                        "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "test_accuracy" in proc.stdout
+    run_id = re.search(r"MLflow run: (\w+)", proc.stdout).group(1)
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["regime.epsilon"] == "2.0"
+    assert "test_auc" in run.data.metrics
