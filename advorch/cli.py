@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from advorch import __version__
@@ -34,7 +35,9 @@ MlflowOpt = Annotated[str | None, typer.Option("--mlflow-uri", envvar="MLFLOW_TR
 
 
 def fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    # escaped: a path like data/[neg]/x.txt is text, not markup; soft-wrapped: long paths
+    # stay whole in logs
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -67,14 +70,15 @@ def run_text_pipeline(cfg: ExperimentConfig, output: str | None, dask_address: s
     except (PipelineError, ShardError) as e:
         fail(str(e), code=1)
     if summary.up_to_date:
-        out.print(f"[green]up to date:[/] {summary.output} already holds these sources "
-                  f"({summary.rows} rows); nothing written")
+        out.print(f"[green]up to date:[/] {escape(summary.output)} already holds these sources "
+                  f"({summary.rows} rows); nothing written", soft_wrap=True)
     else:
         q = summary.manifest["quarantine"]
-        out.print(f"[green]wrote[/] {summary.output}: {summary.rows} rows "
+        out.print(f"[green]wrote[/] {escape(summary.output)}: {summary.rows} rows "
                   f"({', '.join(f'{k} {v}' for k, v in summary.splits.items())}), "
                   f"vocabulary {summary.manifest.get('vocab_size')}, quarantined {q['count']}"
-                  + (f" {q['by_reason']} → {summary.output}/{q['file']}" if q["count"] else ""))
+                  + (f" {q['by_reason']} → {escape(summary.output)}/{q['file']}" if q["count"] else ""),
+                  soft_wrap=True)
     return summary
 
 

@@ -8,7 +8,8 @@ then `ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)` and
 Measured:
 - per-epoch time: the worker's own "epoch_seconds" metric (result.metrics_dataframe)
   vs the same span (train steps + metric reduction + validation) of the plain loop.
-  Ratio target <= 1.10x.
+  Ratio target <= 1.10x. Ray Train V2 builds metrics_dataframe from the checkpoints it
+  keeps (launch.fit: num_to_keep=2), so only the last two epochs can be compared.
 - total wall time: the whole `fit` call (trainer and worker start-up, process group,
   data loading, epochs, reports and checkpoints, shut-down) vs the whole plain loop
   (data loading, build, epochs, checkpoint saves). Their difference, less the
@@ -19,7 +20,7 @@ from the same pieces (load_slice, steps_per_epoch, build, batches, train_step,
 evaluate, is_better): `train_worker` mixes Ray calls into its epoch loop, so it can
 not be called without Ray. It also checks that both produce the same metrics.
 
-    .venv/bin/python benchmarks/ray_overhead.py                    # regime at, 3 epochs
+    .venv/bin/python benchmarks/ray_overhead.py                    # at, 3 epochs, 2 runs each way
     .venv/bin/python benchmarks/ray_overhead.py --regimes clean,at --epochs 3
 """
 
@@ -52,7 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads of the plain loop; also OMP_NUM_THREADS for the Ray "
                         "worker (Ray gives a 1-CPU worker 1 thread by default)")
-    p.add_argument("--repeats", type=int, default=1, help="runs of each (plain, fit) pair")
+    p.add_argument("--repeats", type=int, default=2,
+                   help="runs each way (all plain runs first, then all fits)")
     p.add_argument("--num-cpus", type=int, default=2, help="ray.init(num_cpus=...)")
     p.add_argument("--data", default=None,
                    help="existing MR shard folder (built there if missing); default: a temp folder")
@@ -61,6 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", default="ray_overhead",
                    help="results/NAME.json and RESULTS.md section")
     p.add_argument("--no-write", action="store_true", help="print only; do not write results")
+    p.add_argument("--note", default="", help="extra text for the RESULTS.md notes (e.g. the load)")
     return p.parse_args(argv)
 
 
@@ -381,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             "- CPU seconds (psutil, sampled every 0.5 s): on a busy machine a CPU share well "
             "below 100% means the process waited for a core.",
             *(f"- {v}" for v in [*verdicts, *cpu_lines]),
+            *([f"- {args.note}"] if args.note else []),
         ]
         path = report.write(args.name, rows, notes="\n".join(notes))
         print(f"wrote {path} and the {args.name!r} section of {report.RESULTS_MD}")

@@ -172,7 +172,7 @@ class DatasetWriter:
             quarantine_file = f"quarantine/{self.build_id}.jsonl"
             with fs.open(f"{self._staging}/quarantine.jsonl", "w") as f:
                 for rec in quarantine.records:
-                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                    f.write(json.dumps(rec) + "\n")  # ASCII: raw U+0085 would split lines
             fs.mv(f"{self._staging}/quarantine.jsonl", f"{root}/{quarantine_file}")
 
         split_meta: dict[str, Any] = {}

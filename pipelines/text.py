@@ -17,9 +17,9 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 from advorch.pipelines.shards import (
@@ -31,6 +31,7 @@ from advorch.pipelines.shards import (
     write_part,
 )
 
+from advorch import __version__
 from advorch.config import DataConfig
 from advorch.progress import track
 
@@ -98,7 +99,7 @@ def encode_part(uri: str, rows: list[tuple], vocab: dict[str, int]) -> int:
     oov = vocab[OOV]
     ids = [[vocab.get(t, oov) for t in r[4]] for r in rows]
     table = pa.table({
-        "id": [f"{Path(r[0]).name}:{r[1]}" for r in rows],
+        "id": [f"{r[0]}:{r[1]}" for r in rows],  # the configured path: base names can repeat
         "source": [r[0] for r in rows],
         "line": [r[1] for r in rows],
         "text": [r[2] for r in rows],
@@ -146,7 +147,8 @@ def stratified_split(labels: np.ndarray, test_fraction: float, val_fraction: flo
 
 
 def _params(cfg: DataConfig) -> dict[str, Any]:
-    return {"encoding": cfg.encoding, "min_count": cfg.min_count, "max_vocab": cfg.max_vocab,
+    # the producing version too: a release that tokenises differently must rebuild
+    return {"advorch": __version__, "encoding": cfg.encoding, "min_count": cfg.min_count, "max_vocab": cfg.max_vocab,
             "test_fraction": cfg.test_fraction, "val_fraction": cfg.val_fraction,
             "lowercase": cfg.lowercase, "seed": cfg.seed, "part_rows": cfg.part_rows,
             "labels": {s.path: s.label for s in cfg.sources}}
@@ -167,9 +169,13 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
     if not cfg.sources:
         raise PipelineError("data.sources is empty: list one {path, label} per class file")
     for s in cfg.sources:
-        if not Path(s.path).is_file():
+        fs, p = fsspec.core.url_to_fs(s.path)
+        if not fs.isfile(p):
             raise PipelineError(f"source file {s.path} (class {s.label!r}) does not exist; "
                                 "fix data.sources[].path")
+        if fs.size(p) == 0:
+            raise PipelineError(f"source file {s.path} (class {s.label!r}) is empty; "
+                                "every class needs examples")
     previous = read_manifest(output)
     known = {s["path"]: s for s in (previous or {}).get("sources", [])}
     sources = [file_fingerprint(s.path, known.get(s.path)) for s in cfg.sources]

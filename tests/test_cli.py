@@ -6,8 +6,6 @@ import os
 import time
 from pathlib import Path
 
-import pytest
-
 from advorch import __version__
 from tests.conftest import ROOT, run_cli
 
@@ -54,8 +52,6 @@ def test_train_with_unknown_regime_fails_fast_listing_known(tmp_path: Path) -> N
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: rich hard-wraps error messages at 80 columns "
-                   "when stderr is not a terminal, cutting long paths in two (see the test)")
 def test_error_names_a_long_path_on_one_line_when_not_a_terminal(tmp_path: Path) -> None:
     """CI logs and `2>err.log` are not terminals: the path in an error must stay greppable."""
     folder = tmp_path / "experiments-of-the-movie-review-corpus-with-adversarial-training"
@@ -69,8 +65,6 @@ def test_error_names_a_long_path_on_one_line_when_not_a_terminal(tmp_path: Path)
     assert str(config) in result.stderr, result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: cli.fail() prints the message as rich markup, "
-                   "so a '[word]' in a path or value is taken as a style tag and vanishes")
 def test_error_keeps_square_brackets_in_paths(tmp_path: Path) -> None:
     folder = tmp_path / "mr[neg]"
     folder.mkdir()

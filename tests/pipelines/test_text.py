@@ -1,6 +1,7 @@
 """The text pipeline (pipelines/text.py) on the real MR corpus, run through the real
-`advorch` CLI on a real Dask LocalCluster: manifest, split protocol, idempotence,
-rebuilds, crash safety under SIGKILL, and bad input.
+`advorch` CLI on real Dask (the CLI's own LocalCluster, or a shared one reached with
+`--dask-address`): manifest, split protocol, idempotence, rebuilds, crash safety under
+SIGKILL, and bad input.
 
 MR is preprocessed once per session (`mr_shards`); tests that change a dataset work on
 a copy of those shards (derived data in tmp, never the raw corpus).
@@ -169,7 +170,7 @@ def test_no_row_is_lost_and_every_row_is_its_line(mr_shards: Path) -> None:
     ids = [i for t in tables.values() for i in t["id"]]
     assert len(ids) == 10_662
     assert len(set(ids)) == len(ids), "duplicate row ids"
-    assert set(ids) == {f"rt-polarity.{c}:{n}" for c in CLASSES for n in range(1, LINES_PER_CLASS + 1)}
+    assert set(ids) == {f"{MR}/rt-polarity.{c}:{n}" for c in CLASSES for n in range(1, LINES_PER_CLASS + 1)}
 
     raw = {c: _raw_lines(c) for c in CLASSES}
     vocab = json.loads(read_side_file(str(mr_shards), "vocab.json"))
@@ -207,7 +208,7 @@ def test_byte_0x85_does_not_split_sentences(mr_shards: Path) -> None:
                 found += 1
                 text = line.decode("cp1252").strip()
                 assert "\u2026" in text
-                assert rows[f"rt-polarity.{c}:{n}"] == text
+                assert rows[f"{MR}/rt-polarity.{c}:{n}"] == text
                 assert sum(1 for v in rows.values() if v == text) == 1
     assert found >= 2, "MR should hold lines with byte 0x85"
 
@@ -244,9 +245,6 @@ def test_changed_param_rebuilds_and_removes_the_old_build(mr_shards: Path, tmp_p
                 == sorted(read_split(str(mr_shards), s, ["id"]).column("id").to_pylist())), s
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: encode_part builds row ids from the source "
-                   "file's base name, so two sources with the same name in different folders "
-                   "give the same ids")
 def test_row_ids_are_unique_across_sources_with_the_same_file_name(tmp_path: Path) -> None:
     # generated rows (not data): one class per folder, the same file name in both
     vocab = {"<pad>": 0, "<unk>": 1, "good": 2, "bad": 3}
@@ -378,7 +376,7 @@ def test_undecodable_line_is_quarantined(tmp_path: Path, dask_address: str) -> N
     assert "undecodable" in record["reason"] and "0x81" in record["reason"]
     assert record["raw"].encode("latin-1") == b"caf\x81 noir , bad coffee ."
     ids = [i for s in SPLITS for i in read_split(str(out), s, ["id"]).column("id").to_pylist()]
-    assert "neg.txt:3" not in ids and "neg.txt:4" in ids and len(ids) == m["rows"]
+    assert f"{neg}:3" not in ids and f"{neg}:4" in ids and len(ids) == m["rows"]
     src = {s["path"]: s for s in m["sources"]}
     assert src[str(neg)]["quarantined"] == 1 and src[str(neg)]["rows"] == 10
 
