@@ -53,11 +53,22 @@ class ModelConfig(_Section):
 
 
 class RegimeConfig(_Section):
-    """Which adversarial regime builds the loss, and its hyper-parameters."""
+    """Which adversarial regime builds the loss, and its hyper-parameters (Jia et al. KDD'19)."""
 
     name: str = "clean"
     epsilon: float = Field(1.0, ge=0.0, description="L2 radius of the perturbation")
-    lam: float = Field(1.0, ge=0.0, description="weight of the adversarial loss")
+    lam: float = Field(1.0, ge=0.0, description="weight of the adversarial (AT) loss")
+    filter: Literal["none", "sf", "cat"] = Field(
+        "none", description="Selective Filtering (eq. 12) or Conservative AT (eq. 13)")
+    keep_ratio: float = Field(0.6, gt=0.0, le=1.0, description="SF: K%, share of samples kept")
+    gamma: float = Field(0.2, ge=0.0, description="CAT: weight of attention similarity")
+    lam_vat: float = Field(1.0, ge=0.0, description="weight of the VAT loss")
+    xi: float = Field(0.1, gt=0.0, description="VAT: finite-difference step of power iteration")
+    power_iterations: int = Field(1, ge=1, description="VAT power iterations")
+    attention_aware: bool = Field(True, description="VAT/PGD radius α^t·ε per step (eq. 11)")
+    transductive: bool = Field(False, description="VAT also on the test inputs, without labels")
+    pgd_steps: int = Field(3, ge=1)
+    pgd_step_size: float = Field(0.5, gt=0.0, description="PGD step, as a share of epsilon")
 
 
 class TrainConfig(_Section):

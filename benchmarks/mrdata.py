@@ -42,3 +42,14 @@ def prepare(output: str | Path,
     print(f"MR shards at {output}: {summary.splits} "
           f"({'up to date' if summary.up_to_date else f'built in {seconds:.1f} s'})", flush=True)
     return cfg, seconds
+
+
+def regime_overrides(spec: str, known: list[str]) -> list[str] | None:
+    """Config overrides for a regime spec "NAME" or "NAME+FILTER" (e.g. "attention_at+sf");
+    None, after a message, when NAME is not a regime (yet)."""
+    name, _, filt = spec.partition("+")
+    if name not in known:
+        print(f"skipping {spec!r}: {name!r} is not a regime (yet); known: {', '.join(known)}; "
+              "a filter is written NAME+FILTER, e.g. attention_at+sf")
+        return None
+    return [f'regime.name="{name}"', *([f'regime.filter="{filt}"'] if filt else [])]

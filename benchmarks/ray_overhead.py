@@ -47,7 +47,8 @@ WORKER = "ray::RayTrainWorker"  # process title of a Ray Train worker
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--regimes", default="at", help="comma-separated regimes, each timed both ways")
+    p.add_argument("--regimes", default="at",
+                   help="comma-separated regimes (NAME or NAME+FILTER), each timed both ways")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1,
@@ -67,9 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def experiment(args, data: str, storage: str, regime: str):
+def experiment(args, data: str, storage: str, regime_set: list[str]):
     return mrdata.config(data, [
-        f'regime.name="{regime}"', f"train.epochs={args.epochs}", f"train.patience={args.epochs}",
+        *regime_set, f"train.epochs={args.epochs}", f"train.patience={args.epochs}",
         f"train.batch_size={args.batch_size}", "train.workers=1", f'train.storage="{storage}"',
         *args.overrides])
 
@@ -77,6 +78,7 @@ def experiment(args, data: str, storage: str, regime: str):
 def plain_fit(cfg, data: str, ckpt_dir: str) -> tuple[float, list[dict[str, Any]], float]:
     """train_worker's work for rank 0 of 1, without Ray: (wall s, per-epoch metrics, CPU s)."""
     import torch
+
     from advorch.pipelines.shards import read_manifest
     from advorch.trainers.data import batches, load_slice, steps_per_epoch
     from advorch.trainers.evaluate import evaluate
@@ -247,9 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     regimes = [r.strip() for r in args.regimes.split(",") if r.strip()]
     from advorch.trainers.adversarial import REGIMES
 
-    for r in [r for r in regimes if r not in REGIMES]:
-        print(f"skipping regime {r!r}: not implemented yet (known: {', '.join(REGIMES)})")
-    regimes = [r for r in regimes if r in REGIMES]
+    regime_sets = {r: mrdata.regime_overrides(r, list(REGIMES)) for r in regimes}
+    regimes = [r for r in regimes if regime_sets[r] is not None]
     if not regimes:
         return 2
 
@@ -260,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         data = args.data or str(Path(tmp) / "mr")
         mrdata.prepare(data)
         storage = str(Path(tmp) / "ray_runs")
-        cfgs = {r: experiment(args, data, storage, r) for r in regimes}
+        cfgs = {r: experiment(args, data, storage, regime_sets[r]) for r in regimes}
 
         for rep in range(args.repeats):
             for r in regimes:

@@ -39,7 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--regimes", default="clean,at",
-                   help="comma-separated regime names; unknown ones are skipped")
+                   help="comma-separated regimes, NAME or NAME+FILTER (e.g. attention_at+sf); "
+                        "unknown ones are skipped")
     p.add_argument("--model", default="lstm_attention", choices=["lstm_attention", "lstm"])
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--warmup", type=int, default=30, help="untimed rounds (one step per regime)")
@@ -60,28 +61,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_runners(args, data: str, regimes: list[str]):
     """{regime: (model, regime, optimizer)} for the regimes that exist, and the shared batch."""
     import torch
+
+    from advorch.config import ConfigError
     from advorch.pipelines.shards import read_manifest
     from advorch.trainers.adversarial import REGIMES
     from advorch.trainers.data import load_slice, make_batch
     from advorch.trainers.loop import build
 
-    from advorch.config import ConfigError
-
     manifest = read_manifest(data)
     runners = {}
     batch = grad_clip = None
     for name in regimes:
-        if name not in REGIMES:
-            print(f"skipping regime {name!r}: not implemented yet (known: {', '.join(REGIMES)})")
+        regime_set = mrdata.regime_overrides(name, list(REGIMES))
+        if regime_set is None:
             continue
-        overrides = [f'model.name="{args.model}"',
-                     "model.embedding_dim=128", "model.hidden_dim=140",
-                     f"train.batch_size={args.batch_size}", f'regime.name="{name}"',
-                     *args.overrides]
+        overrides = [f'model.name="{args.model}"', "model.embedding_dim=128", "model.hidden_dim=140",
+                     f"train.batch_size={args.batch_size}", *regime_set, *args.overrides]
         try:
             cfg = mrdata.config(data, overrides)
         except ConfigError as e:
-            raise SystemExit(str(e)) from None
+            print(f"skipping {name!r}: {e}")
+            continue
         if batch is None:
             train = load_slice(data, "train", 0, 1, cfg.model.max_length, manifest)
             batch = make_batch(train, torch.arange(args.batch_size), torch.device("cpu"))
@@ -95,9 +95,10 @@ def build_runners(args, data: str, regimes: list[str]):
 
 def profile(runners, batch, grad_clip, steps: int) -> None:
     """torch.profiler table of the top operators per regime (self CPU time)."""
-    from advorch.trainers.loop import train_step
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as tprofile
+
+    from advorch.trainers.loop import train_step
 
     for name, (model, regime, opt) in runners.items():
         with tprofile(activities=[ProfilerActivity.CPU]) as prof:

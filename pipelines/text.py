@@ -22,6 +22,9 @@ from typing import Any
 import fsspec
 import numpy as np
 import pyarrow as pa
+
+from advorch import __version__
+from advorch.config import DataConfig
 from advorch.pipelines.shards import (
     DatasetWriter,
     Quarantine,
@@ -30,9 +33,6 @@ from advorch.pipelines.shards import (
     sources_unchanged,
     write_part,
 )
-
-from advorch import __version__
-from advorch.config import DataConfig
 from advorch.progress import track
 
 PAD, OOV = "<pad>", "<unk>"
@@ -161,9 +161,10 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
         PipelineError: no sources, a missing source file, or a class with no usable line.
         ShardError: the output folder cannot be written.
     """
-    from advorch.pipelines.cluster import dask_client
     from dask.bytes import read_bytes
     from dask.delayed import delayed
+
+    from advorch.pipelines.cluster import dask_client
 
     output = output or cfg.output
     if not cfg.sources:

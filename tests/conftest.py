@@ -47,9 +47,8 @@ def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedP
 @pytest.fixture(scope="session")
 def mr_shards(tmp_path_factory, mr_dir) -> Path:
     """MR preprocessed once per session (read-only for tests)."""
-    from advorch.pipelines import text
-
     from advorch.config import load_config
+    from advorch.pipelines import text
 
     out = tmp_path_factory.mktemp("mr") / "shards"
     cfg = load_config(mr_config(out.parent / "mr.toml", out))

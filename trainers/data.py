@@ -17,8 +17,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from advorch.pipelines.shards import _fs, read_manifest, split_parts
 from torch import Tensor
+
+from advorch.pipelines.shards import _fs, read_manifest, split_parts
 
 
 @dataclass

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+
 from advorch.trainers.data import SequenceData, batches
 from advorch.trainers.device import all_gather_cat
-from torch import Tensor, nn
 
 
 @torch.no_grad()

@@ -55,10 +55,11 @@ def fit(cfg: ExperimentConfig, data: str, *, run_id: str | None = None,
     `on_epoch` is called in the driver with each epoch's metrics as rank 0 reports them.
     """
     import ray
-    from advorch.trainers.device import backend
-    from advorch.trainers.loop import train_worker
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+
+    from advorch.trainers.device import backend
+    from advorch.trainers.loop import train_worker
 
     workers = cfg.train.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     storage = cfg.train.storage
@@ -111,6 +112,7 @@ def test_metrics(cfg: ExperimentConfig, data: str,
                  model_state: dict[str, Any]) -> tuple[dict[str, float], Any, Any]:
     """test_* metrics of a trained state on the whole test split; returns (metrics, model, example)."""
     import torch
+
     from advorch.pipelines.shards import read_manifest
     from advorch.trainers.data import load_slice
     from advorch.trainers.evaluate import evaluate

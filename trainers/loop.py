@@ -13,15 +13,15 @@ import time
 from typing import Any
 
 import torch
+from torch import nn
+
+from advorch.config import ExperimentConfig
 from advorch.pipelines.shards import read_manifest
 from advorch.trainers import device as dev
 from advorch.trainers.adversarial import Regime, build_regime
 from advorch.trainers.data import batches, load_slice, steps_per_epoch
 from advorch.trainers.evaluate import evaluate
 from advorch.trainers.models import build_model
-from torch import nn
-
-from advorch.config import ExperimentConfig
 
 CHECKPOINT_FILE = "state.pt"
 

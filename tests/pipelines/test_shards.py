@@ -15,6 +15,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
+from advorch import __version__
 from advorch.pipelines.shards import (
     FORMAT,
     MANIFEST,
@@ -28,8 +30,6 @@ from advorch.pipelines.shards import (
     sources_unchanged,
     write_part,
 )
-
-from advorch import __version__
 
 SCHEMA = pa.schema([("id", pa.string()), ("x", pa.int64())])
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+
 from advorch.pipelines.shards import MANIFEST, read_manifest, read_side_file, read_split
 from advorch.pipelines.text import encode_part, tokenize
-
 from tests.conftest import ADVORCH, MR, mr_config, run_cli
 
 CLASSES = ("neg", "pos")

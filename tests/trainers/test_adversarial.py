@@ -3,11 +3,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
+
+from advorch.config import ModelConfig, RegimeConfig
 from advorch.trainers.adversarial import build_regime
 from advorch.trainers.adversarial.at import at_perturbation
 from advorch.trainers.models import build_model
-
-from advorch.config import ModelConfig, RegimeConfig
 
 
 def _setup(seed=0):

@@ -1,6 +1,7 @@
 """Worker slices of the real MR shards."""
 
 import torch
+
 from advorch.pipelines.shards import read_manifest
 from advorch.trainers.data import batches, load_slice, slice_bounds, steps_per_epoch
 
@@ -9,7 +10,7 @@ def test_slices_cover_the_split_once():
     for n, w in [(10, 3), (4798, 2), (5, 5), (7, 1)]:
         bounds = [slice_bounds(n, r, w) for r in range(w)]
         assert bounds[0][0] == 0 and bounds[-1][1] == n
-        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
 
 
 def test_worker_slices_of_real_shards_are_disjoint_and_complete(mr_shards):

@@ -1,9 +1,9 @@
 """LSTM / LSTM-Attention (Jia et al. eq. 4-10) on tiny inputs."""
 
 import torch
-from advorch.trainers.models import PerturbableModel, Serving, build_model
 
 from advorch.config import ModelConfig
+from advorch.trainers.models import PerturbableModel, Serving, build_model
 
 
 def _batch(tokens):

@@ -21,8 +21,9 @@ def _cfg(tmp_path: Path, *extra: str):
 def test_training_is_tracked_in_mlflow_with_the_model(ray_local, mr_shards, tmp_path):
     import mlflow
     import numpy as np
-    from advorch.trainers.launch import train
     from mlflow.tracking import MlflowClient
+
+    from advorch.trainers.launch import train
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     cfg = _cfg(tmp_path, 'regime.name="at"', "train.epochs=2", 'mlflow.experiment="t"')

@@ -1,19 +1,46 @@
-"""Adversarial regimes, one module each; chosen by `regime.name` in the config.
+"""Adversarial regimes, chosen by `regime.name` in the config.
 
-Adding a regime is adding a module and one line in REGIMES.
+    clean         cross-entropy only (clean.py)
+    at            AT on all steps, eq. 1-2 (at.py, sequence.py)
+    attention_at  attention-aware AT, eq. 11 (perturb.py, sequence.py)
+    vat           VAT, eq. 3 (vat.py, sequence.py)
+    at_vat        attention-aware AT + VAT (sequence.py)
+    pgd           k-step projected attack (pgd.py)
+
+`regime.filter = "sf"` adds Selective Filtering (eq. 12, selective_filtering.py),
+`"cat"` Conservative AT (eq. 13, conservative.py). Adding a regime is adding a module
+and one entry in REGIMES.
 """
 
 from __future__ import annotations
 
-from advorch.trainers.adversarial.at import AllStepAT
-from advorch.trainers.adversarial.base import Regime
-from advorch.trainers.adversarial.clean import Clean
+from collections.abc import Callable
 
 from advorch.config import RegimeConfig
+from advorch.trainers.adversarial.base import Regime
+from advorch.trainers.adversarial.clean import Clean
+from advorch.trainers.adversarial.pgd import PGDTraining
+from advorch.trainers.adversarial.sequence import SequenceAdversarial
 
-REGIMES = {
+
+def _sequence(name: str, **terms: bool) -> Callable[[RegimeConfig], Regime]:
+    def make(cfg: RegimeConfig) -> Regime:
+        return SequenceAdversarial(
+            name, epsilon=cfg.epsilon, lam=cfg.lam, lam_vat=cfg.lam_vat,
+            vat_attention=cfg.attention_aware, xi=cfg.xi, power_iterations=cfg.power_iterations,
+            filter=cfg.filter, keep_ratio=cfg.keep_ratio, gamma=cfg.gamma, **terms)
+
+    return make
+
+
+REGIMES: dict[str, Callable[[RegimeConfig], Regime]] = {
     "clean": lambda cfg: Clean(),
-    "at": lambda cfg: AllStepAT(epsilon=cfg.epsilon, lam=cfg.lam),
+    "at": _sequence("at", use_at=True, at_attention=False),
+    "attention_at": _sequence("attention_at", use_at=True, at_attention=True),
+    "vat": _sequence("vat", use_at=False, use_vat=True),
+    "at_vat": _sequence("at_vat", use_at=True, at_attention=True, use_vat=True),
+    "pgd": lambda cfg: PGDTraining(cfg.epsilon, cfg.lam, cfg.pgd_steps, cfg.pgd_step_size,
+                                   cfg.attention_aware),
 }
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from torch import Tensor, nn
+
 from advorch.trainers.adversarial.base import classification_loss
 from advorch.trainers.models.base import Batch
-from torch import Tensor, nn
 
 
 class Clean:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from advorch.trainers.models.base import Batch, Output, PerturbableModel
-from advorch.trainers.models.lstm_attention import LSTMAttention, Serving
 from torch import Tensor, nn
 
 from advorch.config import ModelConfig
+from advorch.trainers.models.base import Batch, Output, PerturbableModel
+from advorch.trainers.models.lstm_attention import LSTMAttention, Serving
 
 __all__ = ["Batch", "Output", "PerturbableModel", "LSTMAttention", "Serving", "build_model"]
 

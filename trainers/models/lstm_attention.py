@@ -9,8 +9,9 @@ Padding is masked out of the softmax, so α sums to 1 over real steps only.
 from __future__ import annotations
 
 import torch
-from advorch.trainers.models.base import Batch, Output
 from torch import Tensor, nn
+
+from advorch.trainers.models.base import Batch, Output
 
 
 class LSTMAttention(nn.Module):

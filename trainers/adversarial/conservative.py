@@ -1,0 +1,34 @@
+"""Conservative Adversarial Training (Jia et al. KDD'19, eq. 13).
+
+r_adv = argmax_r L_att(x + r) + γ Σ_t α^t log α_adv^t   s.t. ‖r^t‖ ≤ α^t·ε.
+
+The attention term R(r) = Σ_t α^t log α_adv^t(r) is maximal at r = 0 (Gibbs'
+inequality), so its gradient there is exactly zero and a linearisation at r = 0
+(as eq. 2 does for L) would ignore γ. We therefore linearise L at r = 0 and take
+R's gradient where the attention-aware perturbation r₀ lands:
+
+    direction = ∇_e L(e) + γ · ∇_r R(e + r₀),   r_adv = α^t·ε · direction^t / ‖direction^t‖
+
+γ = 0 gives attention-aware AT exactly; larger γ turns the perturbation towards
+keeping the discriminative period where it was. Costs one more forward and an
+input-only backward per step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from advorch.trainers.adversarial.perturb import attention_similarity
+from advorch.trainers.models.base import Batch
+
+
+def similarity_gradient(model: nn.Module, batch: Batch, r0: Tensor, alpha: Tensor) -> Tensor:
+    """∇_r of the batch-mean R(α, α_adv(e + r)) at r = r0 (B, T, D); no parameter gradient."""
+    r = r0.detach().requires_grad_(True)
+    out = model(model.embed(batch).detach() + r, batch)
+    if out.attention is None:
+        raise ValueError("Conservative AT needs a model with attention (model.name = lstm_attention)")
+    objective = attention_similarity(alpha.detach(), out.attention, batch["mask"]).mean()
+    (g,) = torch.autograd.grad(objective, r)
+    return g
