@@ -69,6 +69,9 @@ def train_worker(config: dict[str, Any]) -> None:
     train = load_slice(config["data"], "train", rank, world, cfg.model.max_length, manifest)
     val = load_slice(config["data"], "val", rank, world, cfg.model.max_length, manifest)
     steps = steps_per_epoch(manifest["splits"]["train"]["rows"], world, cfg.train.batch_size)
+    # the paper's transductive setting (§3.1): VAT also sees the test inputs, never their labels
+    unlabelled = (load_slice(config["data"], "test", rank, world, cfg.model.max_length, manifest)
+                  if cfg.regime.transductive else None)
 
     model, regime = build(cfg, manifest)
     model.to(device)
@@ -88,8 +91,12 @@ def train_worker(config: dict[str, Any]) -> None:
     for epoch in range(state["epoch"] + 1, cfg.train.epochs):
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
-        for batch in batches(train, cfg.train.batch_size, device, steps=steps, shuffle=True,
-                             seed=cfg.train.seed * 100_003 + epoch * 101 + rank):
+        seed = cfg.train.seed * 100_003 + epoch * 101 + rank
+        extra = (batches(unlabelled, cfg.train.batch_size, device, steps=steps, shuffle=True, seed=seed + 7)
+                 if unlabelled is not None else None)
+        for batch in batches(train, cfg.train.batch_size, device, steps=steps, shuffle=True, seed=seed):
+            if extra is not None:
+                batch["unlabelled"] = {k: v for k, v in next(extra).items() if k != "label"}
             for k, v in train_step(model, regime, optimizer, batch, cfg.train.grad_clip).items():
                 sums[k] = sums.get(k, 0.0) + v
         keys = sorted(sums)

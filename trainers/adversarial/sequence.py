@@ -42,7 +42,8 @@ class SequenceAdversarial:
                  vat_attention: bool = True, xi: float = 0.1, power_iterations: int = 1,
                  filter: str = "none", keep_ratio: float = 0.6, gamma: float = 0.2) -> None:
         self.name, self.epsilon, self.lam, self.lam_vat = name, epsilon, lam, lam_vat
-        self.use_at, self.at_attention, self.use_vat, self.vat_attention = use_at, at_attention, use_vat, vat_attention
+        self.use_at, self.at_attention = use_at, at_attention
+        self.use_vat, self.vat_attention = use_vat, vat_attention
         self.xi, self.power_iterations = xi, power_iterations
         self.keep_ratio = keep_ratio if filter == "sf" else 1.0
         self.gamma = gamma if filter == "cat" else 0.0
