@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     med = {n: statistics.median(ts) for n, ts in times.items()}
-    print(f"\n{'regime':<14}{'median ms':>11}{'mean ms':>10}{'std ms':>9}{'p10':>8}{'p90':>8}"
+    print(f"\n{'regime':<18}{'median ms':>11}{'mean ms':>10}{'std ms':>9}{'p10':>8}{'p90':>8}"
           f"{'x clean':>9}{'paired x':>10}{'target':>8}")
     for n, ts in times.items():
         rows += report.summary_rows(n, "step_time", ts, "ms")
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                                    statistics.stdev(pr), len(pr), "x"))
             ratio, paired = f"{r:.2f}x", f"{statistics.median(pr):.2f}x"
         target = f"<={TARGETS[n]}x" if n in TARGETS else ""
-        print(f"{n:<14}{med[n]:>11.2f}{statistics.fmean(ts):>10.2f}{statistics.stdev(ts):>9.2f}"
+        print(f"{n:<18}{med[n]:>11.2f}{statistics.fmean(ts):>10.2f}{statistics.stdev(ts):>9.2f}"
               f"{q[0]:>8.2f}{q[-1]:>8.2f}{ratio:>9}{paired:>10}{target:>8}")
     print(f"timed section: {wall:.1f} s")
     verdicts = []
