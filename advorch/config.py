@@ -50,6 +50,7 @@ class ModelConfig(_Section):
     hidden_dim: int = Field(140, ge=1)
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
     max_length: int = Field(100, ge=1, description="longer sequences keep their first tokens")
+    pretrained_vectors: str | None = Field(None, description="word2vec/GloVe text file to start from")
 
 
 class RegimeConfig(_Section):

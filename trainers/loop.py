@@ -46,10 +46,25 @@ def is_better(value: float, best: float | None, metric: str) -> bool:
     return value < best if metric.endswith("loss") else value > best
 
 
-def build(cfg: ExperimentConfig, manifest: dict[str, Any]) -> tuple[nn.Module, Regime]:
-    """Model and regime for a dataset, seeded so every rank builds the same weights."""
+def build(cfg: ExperimentConfig, manifest: dict[str, Any],
+          data: str | None = None) -> tuple[nn.Module, Regime]:
+    """Model and regime for a dataset, seeded so every rank builds the same weights.
+
+    With model.pretrained_vectors set, the embedding starts from those vectors (the
+    dataset's vocabulary side file maps tokens to ids).
+    """
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, manifest["vocab_size"], len(manifest["classes"]))
+    if cfg.model.pretrained_vectors and data is not None:
+        import json
+
+        from advorch.pipelines.shards import read_side_file
+        from advorch.trainers.models.pretrained import load_word_vectors
+
+        vocab = json.loads(read_side_file(data, "vocab.json", manifest))
+        weights, _ = load_word_vectors(cfg.model.pretrained_vectors, vocab, cfg.model.embedding_dim,
+                                       init=model.embedding.weight.data)
+        model.embedding.weight.data.copy_(weights)
     return model, build_regime(cfg.regime)
 
 
@@ -73,7 +88,7 @@ def train_worker(config: dict[str, Any]) -> None:
     unlabelled = (load_slice(config["data"], "test", rank, world, cfg.model.max_length, manifest)
                   if cfg.regime.transductive else None)
 
-    model, regime = build(cfg, manifest)
+    model, regime = build(cfg, manifest, config["data"])
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     state = {"epoch": -1, "best_metric": None, "best_epoch": -1, "bad_epochs": 0, "best_model": None}

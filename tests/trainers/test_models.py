@@ -46,3 +46,23 @@ def test_serving_wrapper_returns_probabilities():
     model = build_model(ModelConfig(hidden_dim=8, embedding_dim=6), 20, 2).eval()
     p = Serving(model)(torch.tensor([[3, 4, 0], [5, 0, 0]]))
     torch.testing.assert_close(p.sum(1), torch.ones(2))
+
+
+def test_pretrained_word_vectors_fill_known_tokens(tmp_path):
+    """A small word2vec text file generated here (the real pretrained vectors are not available)."""
+    import pytest
+
+    from advorch.trainers.models.pretrained import load_word_vectors
+
+    path = tmp_path / "vectors.txt"
+    path.write_text("3 2\nGood 1.0 2.0\nbad -1.0 0.5\nunseen 9 9\n")
+    vocab = ["<pad>", "<unk>", "good", "bad", "film"]
+    init = torch.full((5, 2), 7.0)
+    weights, found = load_word_vectors(str(path), vocab, 2, init=init)
+    assert found == 2
+    torch.testing.assert_close(weights[2], torch.tensor([1.0, 2.0]))
+    torch.testing.assert_close(weights[3], torch.tensor([-1.0, 0.5]))
+    torch.testing.assert_close(weights[4], torch.tensor([7.0, 7.0]))  # not in the file: kept
+    assert torch.all(weights[0] == 0)
+    with pytest.raises(ValueError, match="line 2: vector of 2 values.*embedding_dim is 3"):
+        load_word_vectors(str(path), vocab, 3)
