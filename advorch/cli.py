@@ -157,6 +157,59 @@ def train(config: ConfigArg,
 
 
 @app.command()
+def evaluate(run_id: Annotated[str, typer.Argument(help="MLflow run id of a training run.")],
+             attack: Annotated[str, typer.Option(help="Attacks, comma-separated: at, pgd.")] = "at,pgd",
+             eps: Annotated[str, typer.Option(help="L2 radii, comma-separated.")] = "0.5,1,2",
+             steps: Annotated[int, typer.Option(help="PGD steps.")] = 10,
+             mlflow_uri: MlflowOpt = None) -> None:
+    """Test metrics under attack over an ε grid; printed, and logged to the run (table + plot)."""
+    from advorch.trainers.analysis import evaluate_run
+
+    try:
+        epsilons = [float(x) for x in eps.split(",") if x.strip()]
+    except ValueError:
+        fail(f"--eps {eps!r}: give numbers separated by commas, e.g. 0.5,1,2")
+    attacks = [a.strip() for a in attack.split(",") if a.strip()]
+    try:
+        rows = evaluate_run(run_id, attacks, epsilons, mlflow_uri, steps=steps)
+    except (LookupError, ValueError) as e:
+        fail(str(e), code=1)
+    table = Table(title=f"robustness of run {run_id} (test split)")
+    for col in ("attack", "epsilon", "accuracy", "auc"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(r["attack"], f"{r['epsilon']:g}", f"{r['accuracy']:.4f}",
+                      f"{r['auc']:.4f}" if "auc" in r else "-")
+    out.print(table)
+
+
+@app.command()
+def explain(run_id: Annotated[str, typer.Argument(help="MLflow run id of a training run.")],
+            n: Annotated[int, typer.Option(help="How many test sequences.")] = 5,
+            eps: Annotated[float | None, typer.Option(help="Radius (default: the run's epsilon).")] = None,
+            mlflow_uri: MlflowOpt = None) -> None:
+    """Original vs perturbed sequences (nearest tokens) for AT and attention-aware AT."""
+    from advorch.trainers.analysis import explain_run
+    from advorch.trainers.explain import as_text
+
+    try:
+        items, used, classes = explain_run(run_id, n, eps, mlflow_uri)
+    except LookupError as e:
+        fail(str(e), code=1)
+    changed = 0
+    for x in items:
+        out.rule(f"{classes[x.label]}")
+        for line in as_text(x):
+            out.print(escape(line), soft_wrap=True, highlight=False)
+        changed += sum(w != o for ws in x.perturbed.values() for w, o in zip(ws, x.tokens, strict=True))
+    out.print(escape(f"*word*: top-5 attention; [word]: replaced by the nearest token of the perturbed "
+                     f"embedding (ε = {used:g}); {changed} replacements. Logged to the run under explain/."),
+              soft_wrap=True)
+    if not changed:
+        out.print("No token changed at this radius: try a larger --eps.")
+
+
+@app.command()
 def demo(data: Annotated[Path, typer.Option(
              help="Folder with rt-polarity.neg / rt-polarity.pos.")] = Path("../shared/data/mr"),
          output: Annotated[str, typer.Option(help="Where the shards go.")] = "data/mr",

@@ -30,18 +30,34 @@ def config(output: str | Path, overrides: list[str] | None = None) -> Experiment
     return load_config(None, base + list(overrides or []))
 
 
-def prepare(output: str | Path,
-            overrides: list[str] | None = None) -> tuple[ExperimentConfig, float]:
-    """Preprocess MR into `output` (a no-op when it is already up to date); (config, seconds)."""
+def prepare(output: str | Path, overrides: list[str] | None = None,
+            keep_env: bool = False) -> tuple[ExperimentConfig, float, dict[str, str | None]]:
+    """Preprocess MR into `output` (a no-op when it is already up to date).
+
+    Returns (config, seconds, leaked): `leaked` are the environment variables the run
+    changed in THIS process, {name: new value}. Dask's Nanny writes its
+    `distributed.nanny.pre-spawn-environ` (MALLOC_TRIM_THRESHOLD_=65536, OMP_NUM_THREADS=1,
+    ...) into the parent's os.environ and leaves it there, so every process started
+    afterwards (Ray's raylet and workers) inherits it. They are restored unless `keep_env`.
+    """
     from advorch.pipelines import text
 
     cfg = config(output, overrides)
+    before = dict(os.environ)
     t0 = time.perf_counter()
     summary = text.run(cfg.data)
     seconds = time.perf_counter() - t0
+    leaked = {k: os.environ.get(k) for k in set(before) | set(os.environ)
+              if before.get(k) != os.environ.get(k)}
+    if not keep_env:
+        os.environ.clear()
+        os.environ.update(before)
     print(f"MR shards at {output}: {summary.splits} "
           f"({'up to date' if summary.up_to_date else f'built in {seconds:.1f} s'})", flush=True)
-    return cfg, seconds
+    if leaked:
+        print(f"note: the pipeline's Dask cluster changed this process's environment: "
+              f"{dict(sorted(leaked.items()))} ({'kept' if keep_env else 'restored'})", flush=True)
+    return cfg, seconds, leaked
 
 
 def regime_overrides(spec: str, known: list[str]) -> list[str] | None:

@@ -64,6 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", default="ray_overhead",
                    help="results/NAME.json and RESULTS.md section")
     p.add_argument("--no-write", action="store_true", help="print only; do not write results")
+    p.add_argument("--keep-dask-env", action="store_true",
+                   help="keep the environment variables the preprocessing Dask cluster leaves "
+                        "behind (MALLOC_TRIM_THRESHOLD_=65536, ...) for the Ray processes, as "
+                        "`advorch demo` does; default: restore them")
     p.add_argument("--note", default="", help="extra text for the RESULTS.md notes (e.g. the load)")
     return p.parse_args(argv)
 
@@ -191,21 +195,34 @@ class CpuSampler:
         return out
 
 
-def ray_fit(cfg, data: str) -> tuple[float, list[dict[str, Any]], dict[str, tuple[float, float]]]:
-    """launch.fit with one worker, no MLflow: (wall seconds of the call, per-epoch metrics
-    as far as result.metrics_dataframe has them, CPU use by process label)."""
+def ray_fit(cfg, data: str) -> tuple[float, list[dict[str, Any]], dict[str, tuple[float, float]], str]:
+    """launch.fit with one worker, no MLflow: (wall seconds of the call, per-epoch metrics,
+    CPU use by process label, where the per-epoch metrics came from)."""
+    import json
+    import uuid
+
     from advorch.trainers.launch import fit
 
+    name = f"bench-{uuid.uuid4().hex[:8]}"
     with CpuSampler() as cpu:
         t0 = time.perf_counter()
-        result = fit(cfg, data, run_id=None, tracking_uri=None)
+        result = fit(cfg, data, run_id=None, tracking_uri=None, name=name)
         wall = time.perf_counter() - t0
     if result.error:
         raise result.error
     # Ray Train V2 builds metrics_dataframe from the checkpoints it KEEPS (launch.fit:
-    # CheckpointConfig(num_to_keep=2)), so only the last two epochs are in it.
-    records = result.metrics_dataframe.to_dict("records")
-    return wall, sorted(records, key=lambda m: m["epoch"]), cpu.by_label()
+    # CheckpointConfig(num_to_keep=2)), so it holds the last two epochs only. Rank 0 also
+    # appends every epoch's reported metrics to <storage>/<name>/progress.jsonl: use that
+    # when it is there (checked against metrics_dataframe), else metrics_dataframe.
+    kept = sorted(result.metrics_dataframe.to_dict("records"), key=lambda m: m["epoch"])
+    progress = Path(cfg.train.storage).absolute() / name / "progress.jsonl"
+    if progress.is_file():
+        every = [json.loads(line) for line in progress.read_text().splitlines() if line.strip()]
+        by_epoch = {m["epoch"]: m for m in every}
+        if all(by_epoch.get(m["epoch"], {}).get("epoch_seconds") == m["epoch_seconds"] for m in kept):
+            return wall, every, cpu.by_label(), "progress.jsonl (all epochs)"
+        print("warning: progress.jsonl disagrees with metrics_dataframe; using metrics_dataframe")
+    return wall, kept, cpu.by_label(), "metrics_dataframe (kept checkpoints only)"
 
 
 def probe_worker_threads() -> str:
@@ -216,8 +233,8 @@ def probe_worker_threads() -> str:
     def threads() -> str:
         import torch
 
-        omp = os.environ.get("OMP_NUM_THREADS")
-        return f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={omp}"
+        env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")}
+        return f"torch threads {torch.get_num_threads()}, " + ", ".join(f"{k}={v}" for k, v in env.items())
 
     return ray.get(threads.remote())
 
@@ -259,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     t_begin = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="advorch-bench-") as tmp:
         data = args.data or str(Path(tmp) / "mr")
-        mrdata.prepare(data)
+        _, _, leaked = mrdata.prepare(data, keep_env=args.keep_dask_env)
         storage = str(Path(tmp) / "ray_runs")
         cfgs = {r: experiment(args, data, storage, regime_sets[r]) for r in regimes}
 
@@ -282,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             worker_threads = probe_worker_threads()
             for rep in range(args.repeats):
                 for r in regimes:
-                    wall, hist, cpu = ray_fit(cfgs[r], data)
+                    wall, hist, cpu, source = ray_fit(cfgs[r], data)
                     rayed[r].append((wall, hist, cpu))
                     w_cpu, w_alive = cpu.get(WORKER, (0.0, 0.0))
                     print(f"[ray   #{rep}] {r}: {wall:.1f} s total, epoch s "

@@ -165,6 +165,7 @@ def train(cfg: ExperimentConfig, data: str | None = None, *, ray_address: str | 
             if cfg.mlflow.log_model:
                 model_uri = tracking.log_model(uri, run_id, Serving(model.eval()), example.numpy(),
                                                {"classes.json": manifest["classes"]})
+                tracking.set_tag(uri, run_id, "advorch.model_uri", model_uri)
             tracking.end_run(uri, run_id)
     except BaseException:
         if track:

@@ -106,3 +106,29 @@ def log_model(uri: str, run_id: str, model: Any, input_example: Any, extra_files
 
 def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     _client(uri).set_terminated(run_id, status=status)
+
+
+def set_tag(uri: str, run_id: str, key: str, value: str) -> None:
+    _client(uri).set_tag(run_id, key, value)
+
+
+def run_tags(uri: str, run_id: str) -> dict[str, str]:
+    return dict(_client(uri).get_run(run_id).data.tags)
+
+
+def load_artifact_dict(uri: str, run_id: str, artifact_file: str) -> Any:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _client(uri).download_artifacts(run_id, artifact_file, tmp)
+        return json.loads(Path(path).read_text())
+
+
+def log_file(uri: str, run_id: str, path: str, artifact_path: str | None = None) -> None:
+    _client(uri).log_artifact(run_id, path, artifact_path)
+
+
+def load_model(uri: str, model_uri: str) -> Any:
+    """A logged torch model (advorch logs the `Serving` wrapper; `.model` is the classifier)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return mlflow.pytorch.load_model(model_uri, map_location="cpu")
