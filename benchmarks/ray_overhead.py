@@ -6,14 +6,21 @@ then `ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)` and
 `advorch.trainers.launch.fit` with train.workers=1 and no MLflow (run_id None).
 
 Measured:
-- per-epoch time: the worker's own "epoch_seconds" metric (result.metrics_dataframe)
-  vs the same span (train steps + metric reduction + validation) of the plain loop.
-  Ratio target <= 1.10x. Ray Train V2 builds metrics_dataframe from the checkpoints it
-  keeps (launch.fit: num_to_keep=2), so only the last two epochs can be compared.
+- per-epoch time: the worker's own "epoch_seconds" metric vs the same span (train steps
+  + metric reduction + validation) of the plain loop. Ratio target <= 1.10x. Ray Train
+  V2 builds result.metrics_dataframe from the checkpoints it keeps (launch.fit:
+  num_to_keep=2), so it holds the last two epochs only; every epoch is read from the
+  run's progress.jsonl (rank 0 appends each report there) when it exists.
 - total wall time: the whole `fit` call (trainer and worker start-up, process group,
   data loading, epochs, reports and checkpoints, shut-down) vs the whole plain loop
   (data loading, build, epochs, checkpoint saves). Their difference, less the
   difference in epoch time, is Ray's fixed cost per fit; `ray.init` is reported apart.
+
+The Dask cluster of the preprocessing leaves MALLOC_TRIM_THRESHOLD_=65536 (and more) in
+this process's environment, which Ray's processes would inherit and which makes every
+training step allocate through mmap (~2x slower steps); it is restored before Ray
+starts unless --keep-dask-env (what `advorch demo` gets: preprocessing, then training,
+in one process).
 
 The plain loop is `train_worker`'s per-epoch body without its ray.train calls, built
 from the same pieces (load_slice, steps_per_epoch, build, batches, train_step,
@@ -320,16 +327,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'regime':<8}{'way':<7}{'epoch s (median)':>18}{'total s':>9}"
           f"{'outside epochs s':>18}")
     for r in regimes:
-        # per epoch: only the epochs Ray's metrics_dataframe holds, against the same epochs
-        # of the plain runs (the first epoch, the slowest, is the one missing)
+        # per epoch: the epochs Ray reported (all, or the last two when only metrics_dataframe
+        # was there), against the same epochs of the plain runs
         kept = sorted({int(h["epoch"]) for _, hist, _ in rayed[r] for h in hist})
         pe = [h["epoch_seconds"] for _, hist, _ in plain[r] for h in hist if h["epoch"] in kept]
         re_ = [h["epoch_seconds"] for _, hist, _ in rayed[r] for h in hist]
         ratio = statistics.median(re_) / statistics.median(pe)
         pt = [w for w, _, _ in plain[r]]
         rt = [w for w, _, _ in rayed[r]]
-        # outside the epochs: total − Σ epoch_seconds; Ray's missing epochs are estimated as
-        # the plain run's same epochs × the per-epoch ratio
+        # outside the epochs: total − Σ epoch_seconds; Ray's missing epochs (if any) are
+        # estimated as the plain runs' same epochs × the per-epoch ratio
         po = [w - sum(h["epoch_seconds"] for h in hist) for w, hist, _ in plain[r]]
         p_missing = statistics.fmean(sum(h["epoch_seconds"] for h in hist if h["epoch"] not in kept)
                                      for _, hist, _ in plain[r])
@@ -342,16 +349,16 @@ def main(argv: list[str] | None = None) -> int:
         others = [others_cpu(c) for _, _, c in rayed[r]]
         mean = statistics.fmean
         rows += [
-            *report.summary_rows(f"{r} plain", f"epoch_seconds_e{kept}", pe, "s"),
-            *report.summary_rows(f"{r} ray", f"epoch_seconds_e{kept}", re_, "s"),
+            *report.summary_rows(f"{r} plain", "epoch_seconds", pe, "s"),
+            *report.summary_rows(f"{r} ray", "epoch_seconds", re_, "s"),
             report.row(r, "epoch_ratio_ray_to_plain_of_medians", ratio, None, len(re_), "x"),
             report.row(f"{r} plain", "total_wall", statistics.fmean(pt), sd(pt), len(pt), "s"),
             report.row(f"{r} ray", "total_wall_fit", statistics.fmean(rt), sd(rt), len(rt), "s"),
             report.row(r, "total_ratio_ray_to_plain", statistics.fmean(rt) / statistics.fmean(pt),
                        None, len(rt), "x"),
             report.row(f"{r} plain", "outside_epochs", statistics.fmean(po), sd(po), len(po), "s"),
-            report.row(f"{r} ray", "outside_epochs_est", mean(ro), sd(ro), len(ro), "s"),
-            report.row(r, "ray_fixed_cost_per_fit_est", fixed, None, len(ro), "s"),
+            report.row(f"{r} ray", "outside_epochs", mean(ro), sd(ro), len(ro), "s"),
+            report.row(r, "ray_fixed_cost_per_fit", fixed, None, len(ro), "s"),
             report.row(f"{r} plain", "cpu_seconds", mean(p_cpu), sd(p_cpu), len(p_cpu), "s"),
             report.row(f"{r} plain", "cpu_share", mean(p_cpu) / mean(pt), None, len(pt), "x"),
             report.row(f"{r} ray worker", "cpu_seconds", mean(w_cpu), sd(w_cpu), len(w_cpu), "s"),
@@ -377,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{mean(others):.1f} during the fit; last fit by process: "
             + ", ".join(f"{k} {c:.1f}" for k, (c, _) in sorted(last.items(), key=lambda kv: -kv[1][0])
                         if c >= 0.05))
-    print(f"ray.init {ray_init:.1f} s; Ray worker: {worker_threads}; "
+    print(f"ray.init {ray_init:.1f} s; Ray worker: {worker_threads}; epochs from {source}; "
           f"whole benchmark {elapsed:.0f} s")
     for v in [*verdicts, *cpu_lines]:
         print(v)
@@ -389,16 +396,18 @@ def main(argv: list[str] | None = None) -> int:
             f"torch.set_num_threads({args.threads}), run before Ray starts; Ray: "
             f"`ray.init(num_cpus={args.num_cpus}, include_dashboard=False, log_to_driver=False)`, "
             f"`launch.fit` with train.workers=1, no MLflow. Ray worker: {worker_threads}.",
-            "- Per epoch: the worker's own `epoch_seconds` (train steps + metric reduction + "
-            "validation) from `result.metrics_dataframe`, against the plain loop's same span of "
-            "the same epochs. Ray Train V2 fills metrics_dataframe from the KEPT checkpoints only "
-            "(`launch.fit`: `num_to_keep=2`), so only the last two epochs are there. `*_median` "
-            "rows hold the median in `mean`.",
+            "- Environment left by the preprocessing Dask cluster: "
+            + (f"{dict(sorted(leaked.items()))}, "
+               + ("KEPT for the Ray processes (--keep-dask-env)." if args.keep_dask_env
+                  else "restored before Ray started.") if leaked else "none (shards up to date)."),
+            f"- Per epoch: the worker's own `epoch_seconds` (train steps + metric reduction + "
+            f"validation), read from {source}, against the plain loop's same span of the same "
+            "epochs (Ray Train V2 fills `result.metrics_dataframe` from the KEPT checkpoints only: "
+            "`launch.fit` keeps 2). `*_median` rows hold the median in `mean`.",
             "- `total_wall*`: the whole plain loop / the whole `fit` call. `outside_epochs` = "
             "total − Σ epoch_seconds (data loading, build, checkpoints; for Ray also trainer and "
-            "worker start-up, process group, reports, shut-down), Ray's missing epochs estimated "
-            "from the plain ones × the per-epoch ratio; `ray_fixed_cost_per_fit_est` = ray − plain "
-            "of it. `ray.init` is paid once per process, not per fit.",
+            "worker start-up, process group, reports, shut-down); `ray_fixed_cost_per_fit` = "
+            "ray − plain of it. `ray.init` is paid once per process, not per fit.",
             "- CPU seconds (psutil, sampled every 0.5 s): on a busy machine a CPU share well "
             "below 100% means the process waited for a core.",
             *(f"- {v}" for v in [*verdicts, *cpu_lines]),

@@ -23,20 +23,23 @@ ATTACKS = ("at", "pgd")
 
 
 def attack(model: nn.Module, batch: Batch, name: str, epsilon: float, steps: int = 10,
-           step_size: float = 0.25) -> torch.Tensor:
-    """The perturbation r (B, T, D) of attack `name` at radius ε."""
+           step_size: float | None = None) -> torch.Tensor:
+    """The perturbation r (B, T, D) of attack `name` at radius ε.
+
+    PGD's step defaults to 2.5·ε/steps (Madry et al.), so it can cross the ball and back.
+    """
     e = model.embed(batch).detach()
     if name == "at":
         e.requires_grad_(True)
         (g,) = torch.autograd.grad(classification_loss(model(e, batch), batch), e)
         return sequence_radius(g, batch["mask"], epsilon)
     if name == "pgd":
-        return pgd_attack(model, batch, e, epsilon, steps, step_size)
+        return pgd_attack(model, batch, e, epsilon, steps, step_size or 2.5 / steps)
     raise ValueError(f"unknown attack {name!r}; known: {', '.join(ATTACKS)}")
 
 
 def robustness(model: nn.Module, data: SequenceData, attacks: Sequence[str], epsilons: Sequence[float],
-               batch_size: int = 256, steps: int = 10, step_size: float = 0.25,
+               batch_size: int = 256, steps: int = 10, step_size: float | None = None,
                device: torch.device | None = None) -> list[dict[str, float | str]]:
     """Rows {attack, epsilon, accuracy[, auc], loss} for the clean input (ε = 0) and each attack × ε."""
     device = device or torch.device("cpu")

@@ -44,6 +44,22 @@ def test_training_is_tracked_in_mlflow_with_the_model(ray_local, mr_shards, tmp_
     probs = model(torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]]))
     np.testing.assert_allclose(probs.sum(1).detach().numpy(), 1.0, rtol=1e-5)
 
+    # robustness and explanations of the finished run, logged back to it
+    from advorch.trainers.analysis import evaluate_run, explain_run
+
+    rows = evaluate_run(result.run_id, ["at", "pgd"], [0.5, 4.0], uri, steps=3)
+    acc = {(r["attack"], r["epsilon"]): r["accuracy"] for r in rows}
+    assert acc[("clean", 0.0)] == pytest.approx(run.data.metrics["test_accuracy"])
+    assert acc[("at", 4.0)] < acc[("at", 0.5)] <= acc[("clean", 0.0)]
+    assert acc[("pgd", 4.0)] <= acc[("at", 4.0)] + 0.02
+    items, eps, classes = explain_run(result.run_id, n=3, mlflow_uri=uri)
+    assert len(items) == 3 and eps == 1.0 and classes == ["neg", "pos"]
+    assert all(len(x.perturbed["at"]) == len(x.tokens) == len(x.attention) for x in items)
+    logged = {a.path for d in ("robustness", "explain") for a in client.list_artifacts(result.run_id, d)}
+    assert logged == {"robustness/robustness.json", "robustness/robustness.png",
+                      "explain/explanations.html", "explain/attention.png"}
+    assert "robust_pgd_eps4_accuracy" in client.get_run(result.run_id).data.metrics
+
 
 def _registered_checkpoints(run_dir: Path) -> int:
     """Checkpoints Ray Train's controller has registered (a folder alone may still be in flight)."""
