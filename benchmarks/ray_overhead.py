@@ -93,7 +93,7 @@ def plain_fit(cfg, data: str, ckpt_dir: str) -> tuple[float, list[dict[str, Any]
     from advorch.pipelines.shards import read_manifest
     from advorch.trainers.data import batches, load_slice, steps_per_epoch
     from advorch.trainers.evaluate import evaluate
-    from advorch.trainers.loop import CHECKPOINT_FILE, build, is_better, train_step
+    from advorch.trainers.loop import CHECKPOINT_FILE, build, is_better, make_optimizer, train_step
 
     t_start, cpu_start = time.perf_counter(), time.process_time()
     device = torch.device("cpu")
@@ -101,17 +101,22 @@ def plain_fit(cfg, data: str, ckpt_dir: str) -> tuple[float, list[dict[str, Any]
     train = load_slice(data, "train", 0, 1, cfg.model.max_length, manifest)
     val = load_slice(data, "val", 0, 1, cfg.model.max_length, manifest)
     steps = steps_per_epoch(manifest["splits"]["train"]["rows"], 1, cfg.train.batch_size)
+    unlabelled = (load_slice(data, "test", 0, 1, cfg.model.max_length, manifest)
+                  if getattr(cfg.regime, "transductive", False) else None)  # transductive VAT
     model, regime = build(cfg, manifest)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr,
-                                 weight_decay=cfg.train.weight_decay)
+    optimizer = make_optimizer(cfg, model)
     state = {"epoch": -1, "best_metric": None, "best_epoch": -1, "bad_epochs": 0,
              "best_model": None}
     history = []
     for epoch in range(cfg.train.epochs):
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
-        for batch in batches(train, cfg.train.batch_size, device, steps=steps, shuffle=True,
-                             seed=cfg.train.seed * 100_003 + epoch * 101):  # rank 0
+        seed = cfg.train.seed * 100_003 + epoch * 101  # rank 0
+        extra = (batches(unlabelled, cfg.train.batch_size, device, steps=steps, shuffle=True,
+                         seed=seed + 7) if unlabelled is not None else None)
+        for batch in batches(train, cfg.train.batch_size, device, steps=steps, shuffle=True, seed=seed):
+            if extra is not None:
+                batch["unlabelled"] = {k: v for k, v in next(extra).items() if k != "label"}
             for k, v in train_step(model, regime, optimizer, batch, cfg.train.grad_clip).items():
                 sums[k] = sums.get(k, 0.0) + v
         metrics = {f"train_{k}": v / steps for k, v in sums.items() if k != "correct"}

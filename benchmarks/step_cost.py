@@ -66,7 +66,7 @@ def build_runners(args, data: str, regimes: list[str]):
     from advorch.pipelines.shards import read_manifest
     from advorch.trainers.adversarial import REGIMES
     from advorch.trainers.data import load_slice, make_batch
-    from advorch.trainers.loop import build
+    from advorch.trainers.loop import build, make_optimizer
 
     manifest = read_manifest(data)
     runners = {}
@@ -87,8 +87,7 @@ def build_runners(args, data: str, regimes: list[str]):
             batch = make_batch(train, torch.arange(args.batch_size), torch.device("cpu"))
             grad_clip = cfg.train.grad_clip
         model, regime = build(cfg, manifest)
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr,
-                                     weight_decay=cfg.train.weight_decay)
+        optimizer = make_optimizer(cfg, model)
         runners[name] = (model, regime, optimizer)
     return runners, batch, grad_clip
 
