@@ -16,16 +16,14 @@ Measured:
   (data loading, build, epochs, checkpoint saves). Their difference, less the
   difference in epoch time, is Ray's fixed cost per fit; `ray.init` is reported apart.
 
-The Dask cluster of the preprocessing leaves MALLOC_TRIM_THRESHOLD_=65536 (and more) in
-this process's environment, which Ray's processes would inherit and which makes every
-training step allocate through mmap (~2x slower steps); it is restored before Ray
-starts unless --keep-dask-env (what `advorch demo` gets: preprocessing, then training,
-in one process).
+The Dask cluster of the preprocessing used to leave MALLOC_TRIM_THRESHOLD_=65536 (and
+more) in this process's environment, which Ray's processes inherited (~2x slower
+steps); pipelines/cluster.py now restores the environment, and --keep-dask-env skips
+the benchmark's own guard to check that.
 
-The plain loop is `train_worker`'s per-epoch body without its ray.train calls, built
-from the same pieces (load_slice, steps_per_epoch, build, batches, train_step,
-evaluate, is_better): `train_worker` mixes Ray calls into its epoch loop, so it can
-not be called without Ray. It also checks that both produce the same metrics.
+The plain loop is `train_worker` without its ray.train calls: the same `setup_worker`,
+`train_epoch` and `save_state` (trainers/loop.py). It also checks that both produce
+the same metrics.
 
     .venv/bin/python benchmarks/ray_overhead.py                    # at, 3 epochs, 2 runs each way
     .venv/bin/python benchmarks/ray_overhead.py --regimes clean,at --epochs 3
@@ -87,55 +85,18 @@ def experiment(args, data: str, storage: str, regime_set: list[str]):
 
 
 def plain_fit(cfg, data: str, ckpt_dir: str) -> tuple[float, list[dict[str, Any]], float]:
-    """train_worker's work for rank 0 of 1, without Ray: (wall s, per-epoch metrics, CPU s)."""
-    import torch
-
-    from advorch.pipelines.shards import read_manifest
-    from advorch.trainers.data import batches, load_slice, steps_per_epoch
-    from advorch.trainers.evaluate import evaluate
-    from advorch.trainers.loop import CHECKPOINT_FILE, build, is_better, make_optimizer, train_step
+    """train_worker's work for rank 0 of 1 without Ray: the same setup, epochs and checkpoint
+    file, minus the ray.train calls. Returns (wall s, per-epoch metrics, CPU s)."""
+    from advorch.trainers.loop import save_state, setup_worker, train_epoch
 
     t_start, cpu_start = time.perf_counter(), time.process_time()
-    device = torch.device("cpu")
-    manifest = read_manifest(data)
-    train = load_slice(data, "train", 0, 1, cfg.model.max_length, manifest)
-    val = load_slice(data, "val", 0, 1, cfg.model.max_length, manifest)
-    steps = steps_per_epoch(manifest["splits"]["train"]["rows"], 1, cfg.train.batch_size)
-    unlabelled = (load_slice(data, "test", 0, 1, cfg.model.max_length, manifest)
-                  if getattr(cfg.regime, "transductive", False) else None)  # transductive VAT
-    model, regime = build(cfg, manifest)
-    optimizer = make_optimizer(cfg, model)
-    state = {"epoch": -1, "best_metric": None, "best_epoch": -1, "bad_epochs": 0,
-             "best_model": None}
+    w = setup_worker(cfg, data)
     history = []
     for epoch in range(cfg.train.epochs):
-        t0 = time.perf_counter()
-        sums: dict[str, float] = {}
-        seed = cfg.train.seed * 100_003 + epoch * 101  # rank 0
-        extra = (batches(unlabelled, cfg.train.batch_size, device, steps=steps, shuffle=True,
-                         seed=seed + 7) if unlabelled is not None else None)
-        for batch in batches(train, cfg.train.batch_size, device, steps=steps, shuffle=True, seed=seed):
-            if extra is not None:
-                batch["unlabelled"] = {k: v for k, v in next(extra).items() if k != "label"}
-            for k, v in train_step(model, regime, optimizer, batch, cfg.train.grad_clip).items():
-                sums[k] = sums.get(k, 0.0) + v
-        metrics = {f"train_{k}": v / steps for k, v in sums.items() if k != "correct"}
-        metrics["train_accuracy"] = sums["correct"] / (steps * cfg.train.batch_size)
-        metrics.update(evaluate(model, val, cfg.train.batch_size * 4, device, prefix="val_"))
-        metrics["epoch_seconds"] = time.perf_counter() - t0
-        value = metrics[cfg.train.metric]
-        if is_better(value, state["best_metric"], cfg.train.metric):
-            best = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            state.update(best_metric=value, best_epoch=epoch, bad_epochs=0, best_model=best)
-        else:
-            state["bad_epochs"] += 1
-        state["epoch"] = epoch
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "state": state, "experiment": cfg.model_dump()},
-                   os.path.join(ckpt_dir, CHECKPOINT_FILE))
-        metrics["epoch"] = epoch
+        metrics = train_epoch(w, epoch)
+        save_state(w, ckpt_dir)
         history.append(metrics)
-        if state["bad_epochs"] >= cfg.train.patience:
+        if metrics["done"]:
             break
     return time.perf_counter() - t_start, history, time.process_time() - cpu_start
 

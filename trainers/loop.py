@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -19,7 +20,7 @@ from advorch.config import ExperimentConfig
 from advorch.pipelines.shards import read_manifest
 from advorch.trainers import device as dev
 from advorch.trainers.adversarial import Regime, build_regime
-from advorch.trainers.data import batches, load_slice, steps_per_epoch
+from advorch.trainers.data import SequenceData, batches, load_slice, steps_per_epoch
 from advorch.trainers.evaluate import evaluate
 from advorch.trainers.models import build_model
 
@@ -74,77 +75,118 @@ def make_optimizer(cfg: ExperimentConfig, model: nn.Module) -> torch.optim.Optim
                             fused=True)
 
 
+@dataclass
+class Worker:
+    """What one rank trains with: its slices of the shards, model, regime, optimizer, state."""
+
+    cfg: ExperimentConfig
+    model: nn.Module
+    regime: Regime
+    optimizer: torch.optim.Optimizer
+    train: SequenceData
+    val: SequenceData
+    unlabelled: SequenceData | None
+    steps: int
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    state: dict[str, Any] = field(default_factory=lambda: {
+        "epoch": -1, "best_metric": None, "best_epoch": -1, "bad_epochs": 0, "best_model": None})
+
+
+def setup_worker(cfg: ExperimentConfig, data: str, rank: int = 0, world: int = 1,
+                 device: torch.device | None = None) -> Worker:
+    """Read this rank's slices and build model, regime and optimizer (same weights on every rank)."""
+    device = device or torch.device("cpu")
+    manifest = read_manifest(data)
+    load = lambda split: load_slice(data, split, rank, world, cfg.model.max_length, manifest)  # noqa: E731
+    model, regime = build(cfg, manifest, data)
+    model.to(device)
+    return Worker(
+        cfg, model, regime, make_optimizer(cfg, model), load("train"), load("val"),
+        # the paper's transductive setting (§3.1): VAT also sees the test inputs, never their labels
+        load("test") if cfg.regime.transductive else None,
+        steps_per_epoch(manifest["splits"]["train"]["rows"], world, cfg.train.batch_size),
+        device, rank, world)
+
+
+def train_epoch(w: Worker, epoch: int) -> dict[str, float]:
+    """One epoch of `train_step`s over this rank's slice, then validation over all ranks.
+
+    Updates w.state (best epoch and weights, early-stopping count) and returns the
+    epoch's metrics, the same on every rank (sums are all-reduced).
+    """
+    cfg, t0 = w.cfg, time.perf_counter()
+    sums: dict[str, float] = {}
+    seed = cfg.train.seed * 100_003 + epoch * 101 + w.rank
+    extra = (batches(w.unlabelled, cfg.train.batch_size, w.device, steps=w.steps, shuffle=True, seed=seed + 7)
+             if w.unlabelled is not None else None)
+    for batch in batches(w.train, cfg.train.batch_size, w.device, steps=w.steps, shuffle=True, seed=seed):
+        if extra is not None:
+            batch["unlabelled"] = {k: v for k, v in next(extra).items() if k != "label"}
+        for k, v in train_step(w.model, w.regime, w.optimizer, batch, cfg.train.grad_clip).items():
+            sums[k] = sums.get(k, 0.0) + v
+    keys = sorted(sums)
+    totals = dict(zip(keys, dev.all_sum([sums[k] for k in keys], w.device), strict=True))
+    metrics = {f"train_{k}": totals[k] / (w.steps * w.world) for k in keys if k != "correct"}
+    metrics["train_accuracy"] = totals["correct"] / (w.steps * cfg.train.batch_size * w.world)
+    metrics.update(evaluate(w.model, w.val, cfg.train.batch_size * 4, w.device, prefix="val_"))
+    metrics["epoch_seconds"] = time.perf_counter() - t0
+
+    state, value = w.state, metrics[cfg.train.metric]
+    if is_better(value, state["best_metric"], cfg.train.metric):
+        state.update(best_metric=value, best_epoch=epoch, bad_epochs=0,
+                     best_model={k: v.detach().cpu().clone() for k, v in w.model.state_dict().items()})
+    else:
+        state["bad_epochs"] += 1
+    state["epoch"] = epoch
+    stop = state["bad_epochs"] >= cfg.train.patience or epoch == cfg.train.epochs - 1
+    metrics.update(epoch=epoch, best_epoch=state["best_epoch"], best_metric=state["best_metric"],
+                   done=int(stop))
+    return metrics
+
+
+def save_state(w: Worker, folder: str) -> None:
+    """The checkpoint file: weights, optimizer, training state and the config that built them."""
+    torch.save({"model": w.model.state_dict(), "optimizer": w.optimizer.state_dict(),
+                "state": w.state, "experiment": w.cfg.model_dump()}, os.path.join(folder, CHECKPOINT_FILE))
+
+
+def restore_state(w: Worker, folder: str) -> None:
+    saved = torch.load(os.path.join(folder, CHECKPOINT_FILE), map_location=w.device, weights_only=False)
+    w.model.load_state_dict(saved["model"])
+    w.optimizer.load_state_dict(saved["optimizer"])
+    w.state = saved["state"]
+
+
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: train on this rank's slice, validate, checkpoint and report each epoch.
 
-    config: {"experiment": ExperimentConfig dump, "data": dataset URI,
+    config: {"experiment": ExperimentConfig dump, "data": dataset URI, "progress": URI | None,
              "tracking_uri": str | None, "run_id": str | None}
     """
     import ray.train
 
     cfg = ExperimentConfig.model_validate(config["experiment"])
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = dev.worker_device()
-    manifest = read_manifest(config["data"])
-    train = load_slice(config["data"], "train", rank, world, cfg.model.max_length, manifest)
-    val = load_slice(config["data"], "val", rank, world, cfg.model.max_length, manifest)
-    steps = steps_per_epoch(manifest["splits"]["train"]["rows"], world, cfg.train.batch_size)
-    # the paper's transductive setting (§3.1): VAT also sees the test inputs, never their labels
-    unlabelled = (load_slice(config["data"], "test", rank, world, cfg.model.max_length, manifest)
-                  if cfg.regime.transductive else None)
-
-    model, regime = build(cfg, manifest, config["data"])
-    model.to(device)
-    optimizer = make_optimizer(cfg, model)
-    state = {"epoch": -1, "best_metric": None, "best_epoch": -1, "bad_epochs": 0, "best_model": None}
+    w = setup_worker(cfg, config["data"], ctx.get_world_rank(), ctx.get_world_size(), dev.worker_device())
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # resumed after a failure: continue after the last reported epoch
         with checkpoint.as_directory() as d:
-            saved = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location=device, weights_only=False)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        state = saved["state"]
+            restore_state(w, d)
     else:
-        dev.broadcast_parameters(model)
-    resumed_from = state["epoch"] + 1
+        dev.broadcast_parameters(w.model)
+    resumed_from = w.state["epoch"] + 1
 
-    for epoch in range(state["epoch"] + 1, cfg.train.epochs):
-        t0 = time.perf_counter()
-        sums: dict[str, float] = {}
-        seed = cfg.train.seed * 100_003 + epoch * 101 + rank
-        extra = (batches(unlabelled, cfg.train.batch_size, device, steps=steps, shuffle=True, seed=seed + 7)
-                 if unlabelled is not None else None)
-        for batch in batches(train, cfg.train.batch_size, device, steps=steps, shuffle=True, seed=seed):
-            if extra is not None:
-                batch["unlabelled"] = {k: v for k, v in next(extra).items() if k != "label"}
-            for k, v in train_step(model, regime, optimizer, batch, cfg.train.grad_clip).items():
-                sums[k] = sums.get(k, 0.0) + v
-        keys = sorted(sums)
-        totals = dict(zip(keys, dev.all_sum([sums[k] for k in keys], device), strict=True))
-        n_seen = steps * cfg.train.batch_size * world
-        metrics = {f"train_{k}": totals[k] / (steps * world) for k in keys if k != "correct"}
-        metrics["train_accuracy"] = totals["correct"] / n_seen
-        metrics.update(evaluate(model, val, cfg.train.batch_size * 4, device, prefix="val_"))
-        metrics["epoch_seconds"] = time.perf_counter() - t0
-        value = metrics[cfg.train.metric]
-        if is_better(value, state["best_metric"], cfg.train.metric):
-            state.update(best_metric=value, best_epoch=epoch, bad_epochs=0,
-                         best_model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-        else:
-            state["bad_epochs"] += 1
-        state["epoch"] = epoch
-        stop = state["bad_epochs"] >= cfg.train.patience or epoch == cfg.train.epochs - 1
-        metrics.update(epoch=epoch, best_epoch=state["best_epoch"], resumed_from_epoch=resumed_from,
-                       best_metric=state["best_metric"], done=int(stop))
+    for epoch in range(resumed_from, cfg.train.epochs):
+        metrics = train_epoch(w, epoch)
+        metrics["resumed_from_epoch"] = resumed_from
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
-            if rank == 0:
+            if w.rank == 0:
                 if config.get("progress"):
                     append_progress(config["progress"], metrics)
-                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "state": state, "experiment": config["experiment"]},
-                           os.path.join(tmp, CHECKPOINT_FILE))
+                save_state(w, tmp)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
                 if config.get("run_id"):
                     from advorch.tuning import tracking
@@ -152,7 +194,7 @@ def train_worker(config: dict[str, Any]) -> None:
                     tracking.log_metrics(config["tracking_uri"], config["run_id"],
                                          {k: v for k, v in metrics.items() if v is not None}, step=epoch)
             ray.train.report(metrics, checkpoint=ckpt)
-        if stop:
+        if metrics["done"]:
             break
 
 
