@@ -148,7 +148,8 @@ def stratified_split(labels: np.ndarray, test_fraction: float, val_fraction: flo
 
 def _params(cfg: DataConfig) -> dict[str, Any]:
     # the producing version too: a release that tokenises differently must rebuild
-    return {"advorch": __version__, "encoding": cfg.encoding, "min_count": cfg.min_count, "max_vocab": cfg.max_vocab,
+    return {"advorch": __version__, "encoding": cfg.encoding, "min_count": cfg.min_count,
+            "max_vocab": cfg.max_vocab,
             "test_fraction": cfg.test_fraction, "val_fraction": cfg.val_fraction,
             "lowercase": cfg.lowercase, "seed": cfg.seed, "part_rows": cfg.part_rows,
             "labels": {s.path: s.label for s in cfg.sources}}

@@ -34,7 +34,8 @@ def mr_config(path: Path, output: Path, **sections: dict) -> Path:
         if section != "data":
             lines.append(f"[{section}]")
         for k, v in values.items():
-            lines.append(f"{k} = {v!r}".replace("'", '"') if not isinstance(v, bool) else f"{k} = {str(v).lower()}")
+            value = str(v).lower() if isinstance(v, bool) else repr(v).replace("'", '"')
+            lines.append(f"{k} = {value}")
     path.write_text("\n".join(lines) + "\n")
     return path
 

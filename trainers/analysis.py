@@ -32,7 +32,8 @@ def load_run(run_id: str, mlflow_uri: str | None = None) -> tuple[Any, Experimen
 
 
 def evaluate_run(run_id: str, attacks: list[str], epsilons: list[float], mlflow_uri: str | None = None,
-                 steps: int = 10, step_size: float | None = None, split: str = "test") -> list[dict[str, Any]]:
+                 steps: int = 10, step_size: float | None = None,
+                 split: str = "test") -> list[dict[str, Any]]:
     """Metrics under each attack × ε on the split; logged as metrics, a table and a plot."""
     from advorch.trainers.data import load_slice
     from advorch.trainers.robustness import plot, robustness
