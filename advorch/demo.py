@@ -16,7 +16,7 @@ def demo_overrides(data: Path, output: str, workers: int) -> list[str]:
         f'data.output="{output}"',
         "model.dropout=0.3",
         'regime.name="at"',
-        "regime.epsilon=5.0",
+        "regime.epsilon=8.0",
         "train.epochs=15",
         "train.lr=0.004",
         "train.patience=4",
