@@ -21,6 +21,9 @@ app = typer.Typer(help="advorch: data pipelines and adversarial training on Dask
                   no_args_is_help=True, pretty_exceptions_enable=False)
 preprocess_app = typer.Typer(help="Turn raw sources into shards + manifest.", no_args_is_help=True)
 app.add_typer(preprocess_app, name="preprocess")
+registry_app = typer.Typer(help="MLflow model registry: register, list, promote, predict.",
+                           no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
 out = Console()
 err = Console(stderr=True)
 
@@ -207,6 +210,70 @@ def explain(run_id: Annotated[str, typer.Argument(help="MLflow run id of a train
               soft_wrap=True)
     if not changed:
         out.print("No token changed at this radius: try a larger --eps.")
+
+
+def _registry_uri(mlflow_uri: str | None) -> str:
+    from advorch.tuning.tracking import resolve_uri
+
+    return resolve_uri(mlflow_uri)
+
+
+@registry_app.command("register")
+def registry_register(run_id: Annotated[str, typer.Argument(help="MLflow run id of a training run.")],
+                      name: Annotated[str, typer.Argument(help="Registered model name.")],
+                      alias: Annotated[str, typer.Option(help="Alias for the new version.")] = "candidate",
+                      mlflow_uri: MlflowOpt = None) -> None:
+    """Register a run's model as a new version of NAME, with an alias."""
+    from advorch.tuning.registry import register
+
+    try:
+        version = register(_registry_uri(mlflow_uri), run_id, name, alias)
+    except LookupError as e:
+        fail(str(e), code=1)
+    out.print(f"registered {name} version {version} (alias {alias}): models:/{name}@{alias}")
+
+
+@registry_app.command("list")
+def registry_list(mlflow_uri: MlflowOpt = None) -> None:
+    """Registered models, their versions and aliases."""
+    from advorch.tuning.registry import list_models
+
+    table = Table(title="registered models")
+    for col in ("name", "version", "aliases", "run_id", "status"):
+        table.add_column(col)
+    for r in list_models(_registry_uri(mlflow_uri)):
+        table.add_row(r["name"], str(r["version"]), ", ".join(r["aliases"]), r["run_id"], r["status"])
+    out.print(table)
+
+
+@registry_app.command("promote")
+def registry_promote(name: str, version: int,
+                     alias: Annotated[str, typer.Option(help="Alias to move to VERSION.")] = "champion",
+                     mlflow_uri: MlflowOpt = None) -> None:
+    """Point an alias (default: champion) at a version."""
+    from advorch.tuning.registry import promote
+
+    promote(_registry_uri(mlflow_uri), name, version, alias)
+    out.print(f"{name}@{alias} → version {version}")
+
+
+@registry_app.command("predict")
+def registry_predict(model: Annotated[str, typer.Argument(help="NAME@ALIAS or models:/NAME@ALIAS.")],
+                     source: Annotated[str, typer.Argument(
+                         help="Shard folder, or a text file of sentences.")],
+                     split: Annotated[str, typer.Option(help="Split, for a shard folder.")] = "test",
+                     limit: Annotated[int | None, typer.Option(help="At most this many rows.")] = None,
+                     mlflow_uri: MlflowOpt = None) -> None:
+    """Load a model by alias and print label and class probabilities per input."""
+    from advorch.tuning.registry import predict
+
+    try:
+        preds = predict(_registry_uri(mlflow_uri), model, source, split, limit)
+    except (LookupError, FileNotFoundError) as e:
+        fail(str(e), code=1)
+    for p in preds:
+        probs = " ".join(f"{x:.3f}" for x in p.probabilities)
+        out.print(f"{escape(p.label)}\t{probs}\t{escape(p.text)}", soft_wrap=True, highlight=False)
 
 
 @app.command()

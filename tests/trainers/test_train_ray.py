@@ -60,6 +60,21 @@ def test_training_is_tracked_in_mlflow_with_the_model(ray_local, mr_shards, tmp_
                       "explain/explanations.html", "explain/attention.png"}
     assert "robust_pgd_eps4_accuracy" in client.get_run(result.run_id).data.metrics
 
+    # the registry: register with alias candidate, load by alias, predict text and shards
+    from advorch.tuning.registry import list_models, predict, promote, register
+
+    assert register(uri, result.run_id, "mr-test") == 1
+    sentences = tmp_path / "sentences.txt"
+    sentences.write_text("a gorgeous , witty film .\n\nthe plot is dull .\n", encoding="utf-8")
+    preds = predict(uri, "mr-test@candidate", str(sentences))
+    assert [p.text for p in preds] == ["a gorgeous , witty film .", "the plot is dull ."]
+    assert all(p.label in ("neg", "pos") and abs(sum(p.probabilities) - 1) < 1e-3 for p in preds)
+    on_shards = predict(uri, "models:/mr-test@candidate", str(mr_shards), split="val", limit=7)
+    assert len(on_shards) == 7
+    promote(uri, "mr-test", 1, "champion")
+    assert list_models(uri) == [{"name": "mr-test", "version": 1, "aliases": ["candidate", "champion"],
+                                 "run_id": result.run_id, "status": "READY"}]
+
 
 def _registered_checkpoints(run_dir: Path) -> int:
     """Checkpoints Ray Train's controller has registered (a folder alone may still be in flight)."""
