@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -67,7 +66,3 @@ def ray_local():
              log_to_driver=False)
     yield ray
     ray.shutdown()
-
-
-def have(cmd: str) -> bool:
-    return shutil.which(cmd) is not None

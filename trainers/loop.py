@@ -153,8 +153,9 @@ def save_state(w: Worker, folder: str) -> None:
 
 
 def restore_state(w: Worker, folder: str) -> None:
-    saved = torch.load(os.path.join(folder, CHECKPOINT_FILE), map_location=w.device, weights_only=False)
-    w.model.load_state_dict(saved["model"])
+    """Continue from a checkpoint folder written by `save_state` (after a worker failure)."""
+    saved = load_checkpoint(folder)
+    w.model.load_state_dict(saved["model"])  # copies onto the model's device
     w.optimizer.load_state_dict(saved["optimizer"])
     w.state = saved["state"]
 
