@@ -230,8 +230,8 @@ class DatasetWriter:
         """Delete what the new manifest no longer lists: the previous build's files,
         parts and quarantine files of crashed builds, and stale staging folders."""
         fs, root = self.fs, self._root
-        keep = _listed_files(manifest)
-        stale = _listed_files(previous) - keep if previous else set()
+        keep = listed_files(manifest)
+        stale = listed_files(previous) - keep if previous else set()
         for entry in fs.ls(root, detail=False):
             name = Path(entry).name
             if name.startswith(".staging-") or (name.startswith(f".{MANIFEST}.") and name.endswith(".tmp")):
@@ -243,7 +243,7 @@ class DatasetWriter:
                 fs.rm(f"{root}/{rel}")
 
 
-def _listed_files(manifest: dict[str, Any]) -> set[str]:
+def listed_files(manifest: dict[str, Any]) -> set[str]:
     """Every file a manifest points at, relative to the dataset root."""
     files = {p["path"] for s in manifest["splits"].values() for p in s["parts"]}
     files |= set(manifest.get("side_files", {}).values())

@@ -24,6 +24,7 @@ from advorch.pipelines.shards import (
     Quarantine,
     ShardError,
     file_fingerprint,
+    listed_files,
     read_manifest,
     read_side_file,
     read_split,
@@ -69,14 +70,6 @@ def _listing(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
-def _listed(manifest: dict) -> set[str]:
-    files = {p["path"] for s in manifest["splits"].values() for p in s["parts"]}
-    files |= set(manifest["side_files"].values())
-    if manifest["quarantine"]["file"]:
-        files.add(manifest["quarantine"]["file"])
-    return files
-
-
 def _assert_readable(root: Path, manifest: dict) -> None:
     assert read_manifest(str(root)) == manifest
     for split, meta in manifest["splits"].items():
@@ -105,9 +98,9 @@ def test_commit_writes_the_manifest(tmp_path: Path) -> None:
     assert manifest["quarantine"]["count"] == 2
     assert manifest["quarantine"]["by_reason"] == {"empty line": 2}
     # every listed file exists, and nothing else is left in the dataset directory
-    for rel in _listed(manifest):
+    for rel in listed_files(manifest):
         assert (root / rel).is_file(), rel
-    assert _listing(root) == _listed(manifest) | {MANIFEST, "parts", "side", "quarantine"}
+    assert _listing(root) == listed_files(manifest) | {MANIFEST, "parts", "side", "quarantine"}
     assert read_side_file(str(root), "vocab.json") == b'["<pad>", "a"]'
     # split on "\n" only: records are JSON Lines, and str.splitlines() would also cut
     # at the U+0085 a raw cp1252 line can hold
@@ -150,9 +143,9 @@ def test_second_commit_replaces_the_first_and_removes_its_files(tmp_path: Path) 
     _assert_readable(root, second)
     assert read_split(str(root), "train").column("id").to_pylist() == [f"two-train-{i}" for i in range(6)]
     assert read_side_file(str(root), "vocab.json") == b"[2]"
-    for rel in _listed(first):
+    for rel in listed_files(first):
         assert not (root / rel).exists(), f"old build's {rel} was not removed"
-    assert _listing(root) == _listed(second) | {MANIFEST, "parts", "side", "quarantine"}
+    assert _listing(root) == listed_files(second) | {MANIFEST, "parts", "side", "quarantine"}
 
 
 @pytest.mark.parametrize("how", ["abort", "exception"])
@@ -186,7 +179,7 @@ def test_next_commit_cleans_stale_staging_and_orphans(tmp_path: Path) -> None:
     (root / f".{MANIFEST}.crashed.tmp").write_text("{")
     _, third = _build(root, "three", {"train": [1]})
     assert not Path(crashed.staging_uri).exists()
-    assert _listing(root) == _listed(third) | {MANIFEST, "parts", "side", "quarantine"}
+    assert _listing(root) == listed_files(third) | {MANIFEST, "parts", "side", "quarantine"}
     _assert_readable(root, third)
 
 

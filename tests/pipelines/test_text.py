@@ -24,7 +24,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from advorch.pipelines.shards import MANIFEST, read_manifest, read_side_file, read_split
+from advorch.pipelines.shards import MANIFEST, listed_files, read_manifest, read_side_file, read_split
 from advorch.pipelines.text import encode_part, tokenize
 from tests.conftest import ADVORCH, MR, mr_config, run_cli
 
@@ -47,14 +47,6 @@ def _raw_lines(label: str) -> list[bytes]:
     return lines[:-1]
 
 
-def _listed(manifest: dict) -> set[str]:
-    files = {p["path"] for s in manifest["splits"].values() for p in s["parts"]}
-    files |= set(manifest["side_files"].values())
-    if manifest["quarantine"]["file"]:
-        files.add(manifest["quarantine"]["file"])
-    return files
-
-
 def _files(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
 
@@ -70,7 +62,7 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
 
 def _assert_complete(root: Path, manifest: dict) -> None:
     """Every file the manifest lists exists and reads, with the manifest's row counts."""
-    for rel in _listed(manifest):
+    for rel in listed_files(manifest):
         assert (root / rel).is_file(), f"{rel} is listed in the manifest but missing"
     for split, meta in manifest["splits"].items():
         assert read_split(str(root), split, manifest=manifest).num_rows == meta["rows"], split
@@ -235,9 +227,9 @@ def test_changed_param_rebuilds_and_removes_the_old_build(mr_shards: Path, tmp_p
     assert new["params"]["min_count"] == 2
     assert new["vocab_size"] < old["vocab_size"]
     _assert_complete(root, new)
-    for rel in _listed(old):
+    for rel in listed_files(old):
         assert not (root / rel).exists(), f"{rel} of the old build is still there"
-    assert _files(root) == _listed(new) | {MANIFEST}
+    assert _files(root) == listed_files(new) | {MANIFEST}
     assert {p.name for p in root.iterdir()} == DATASET_ENTRIES
     # the split does not depend on min_count: same rows in the same splits
     for s in SPLITS:
@@ -345,7 +337,7 @@ def test_sigkill_during_rebuild_leaves_a_complete_state(mr_shards: Path, tmp_pat
     assert new["build_id"] != old["build_id"] and new["params"]["min_count"] == 2
     _assert_complete(root, new)
     assert {p.name for p in root.iterdir()} == DATASET_ENTRIES
-    assert _files(root) == _listed(new) | {MANIFEST}
+    assert _files(root) == listed_files(new) | {MANIFEST}
 
 
 # ---------------------------------------------------------------- bad input
