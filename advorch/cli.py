@@ -6,6 +6,7 @@ Heavy libraries (torch, ray, dask, mlflow) are imported inside the commands so t
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -129,7 +130,7 @@ def run_training(cfg: ExperimentConfig, data: str | None, ray_address: str | Non
             bar.update(task, completed=m["epoch"] + 1, description=(
                 f"epoch {m['epoch'] + 1}: train_loss {m['train_loss']:.3f} "
                 f"{cfg.train.metric} {m[cfg.train.metric]:.4f} (best {m['best_metric']:.4f})"))
-            if m["done"]:
+            if m["final_epoch"]:
                 bar.update(task, total=m["epoch"] + 1)
 
         try:
@@ -210,6 +211,64 @@ def explain(run_id: Annotated[str, typer.Argument(help="MLflow run id of a train
               soft_wrap=True)
     if not changed:
         out.print("No token changed at this radius: try a larger --eps.")
+
+
+@app.command()
+def tune(config: ConfigArg,
+         data: Annotated[str | None, typer.Option(
+             help="Dataset folder or URI (default: data.output).")] = None,
+         num_samples: Annotated[int | None, typer.Option(
+             help="Samples of the space (tune.num_samples).")] = None,
+         max_concurrent: Annotated[int | None, typer.Option(
+             help="Trials at once (default: as many as the CPUs hold).")] = None,
+         scheduler: Annotated[str | None, typer.Option(help="asha (default) or fifo.")] = None,
+         resume: Annotated[bool, typer.Option(
+             "--resume", help="Continue the newest unfinished sweep of this config; finished "
+                              "trials are kept.")] = False,
+         ray_address: RayOpt = None, mlflow_uri: MlflowOpt = None, set_: SetOpt = None) -> None:
+    """Ray Tune sweep over [tune.space]: nested MLflow runs, best model registered as candidate."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from advorch.tuning.sweep import SweepError, sweep
+
+    overrides = list(set_ or [])
+    for key, value in (("num_samples", num_samples), ("max_concurrent", max_concurrent),
+                       ("scheduler", f'"{scheduler}"' if scheduler else None)):
+        if value is not None:
+            overrides.append(f"tune.{key}={value}")
+    cfg = _load(config, overrides)
+    total = cfg.tune.num_samples * math.prod(len(s.grid) for s in cfg.tune.space.values() if s.grid)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=out) as bar:
+        task = bar.add_task("trials", total=None if resume else total)
+
+        def on_trial(r: dict) -> None:
+            bar.advance(task)
+            value = r.get(cfg.train.metric)
+            bar.update(task, description=f"trials (last: {r['trial_id']} {cfg.train.metric} "
+                                         f"{value:.4f})" if value is not None else "trials")
+
+        try:
+            result = sweep(cfg, data, ray_address=ray_address, mlflow_uri=mlflow_uri, resume=resume,
+                           on_trial=on_trial)
+        except (SweepError, FileNotFoundError) as e:
+            fail(str(e), code=1)
+    keys = list(cfg.tune.space)
+    metric = "best_" + cfg.train.metric
+    table = Table(title=f"sweep {Path(result.sweep_dir).name} (parent run {result.parent_run_id})")
+    for col in ("trial", *keys, "status", metric, "test_accuracy"):
+        table.add_column(col)
+    for t in result.trials:
+        mark = "[bold green]*[/]" if result.best and t["run_id"] == result.best["run_id"] else ""
+        table.add_row(f"{t['trial_id']}{mark}", *(str(t.get(k, "")) for k in keys), t["status"],
+                      *(f"{t[m]:.4f}" if m in t else "-" for m in (metric, "test_accuracy")))
+    out.print(table)
+    if result.registered:
+        name, version = result.registered
+        out.print(f"best trial registered: {name} version {version}, models:/{name}@candidate "
+                  f"(promote: advorch registry promote {name} {version} --alias champion)", soft_wrap=True)
+    elif result.best is None:
+        fail("no trial finished: see the child runs' advorch.end_reason tags", code=1)
 
 
 def _registry_uri(mlflow_uri: str | None) -> str:

@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class _Section(BaseModel):
@@ -97,6 +97,53 @@ class MlflowConfig(_Section):
     log_model: bool = True
 
 
+class SpaceSpec(_Section):
+    """How Tune draws one config key: exactly one of grid / choice / uniform / loguniform / randint."""
+
+    grid: list[Any] | None = Field(None, description="every value, crossed with the other grids")
+    choice: list[Any] | None = Field(None, description="one value at random per sample")
+    uniform: list[float] | None = Field(None, min_length=2, max_length=2, description="[low, high]")
+    loguniform: list[float] | None = Field(None, min_length=2, max_length=2, description="[low, high]")
+    randint: list[int] | None = Field(None, min_length=2, max_length=2, description="[low, high)")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SpaceSpec:
+        given = [k for k, v in self.__dict__.items() if v is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of grid, choice, uniform, loguniform, randint (got {given})")
+        if given[0] in ("grid", "choice") and not getattr(self, given[0]):
+            raise ValueError(f"{given[0]} needs at least one value")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k, v in self.__dict__.items() if v is not None)
+
+
+class SweepConfig(_Section):
+    """Ray Tune sweep: the search space over `section.key` names and how trials are scheduled."""
+
+    space: dict[str, SpaceSpec] = Field(default_factory=dict)
+    scheduler: Literal["asha", "fifo"] = "asha"
+    num_samples: int = Field(1, ge=1, description="samples of the space (each grid point that often)")
+    max_concurrent: int = Field(0, ge=0, description="0: as many as the cluster's CPUs fit")
+    grace_period: int = Field(1, ge=1, description="ASHA: epochs before a trial can be stopped")
+    reduction_factor: float = Field(2.0, gt=1.0, description="ASHA: keep 1/factor at each rung")
+    register_as: str | None = Field(None, description="registry name of the best model (default: name)")
+
+    @field_validator("space")
+    @classmethod
+    def _keys_exist(cls, space: dict[str, SpaceSpec]) -> dict[str, SpaceSpec]:
+        sections = {"data": DataConfig, "model": ModelConfig, "regime": RegimeConfig,
+                    "train": TrainConfig, "mlflow": MlflowConfig}
+        for key in space:
+            section, _, field = key.partition(".")
+            if field not in getattr(sections.get(section), "model_fields", {}):
+                raise ValueError(f"{key!r} is not a config key; name one as section.key, "
+                                 "e.g. regime.epsilon")
+        return space
+
+
 class ExperimentConfig(_Section):
     """The whole experiment; each section is optional and has defaults."""
 
@@ -106,6 +153,18 @@ class ExperimentConfig(_Section):
     regime: RegimeConfig = Field(default_factory=RegimeConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    tune: SweepConfig = Field(default_factory=SweepConfig)
+
+    def with_values(self, values: dict[str, Any]) -> ExperimentConfig:
+        """A copy with `section.key` → value set (a Tune trial's draw), validated again."""
+        raw = self.model_dump()
+        for key, value in values.items():
+            node = raw
+            *sections, last = key.split(".")
+            for part in sections:
+                node = node[part]
+            node[last] = value
+        return ExperimentConfig.model_validate(raw)
 
     def flat(self) -> dict[str, Any]:
         """The resolved config as `section.key` → value (MLflow params, Tune spaces)."""
@@ -133,11 +192,27 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def _key_path(key: str) -> list[str]:
+    """`a.b."c.d"` → ["a", "b", "c.d"], by TOML's own key rules; [] if not a valid key."""
+    try:
+        node: Any = tomllib.loads(f"{key} = 0")
+    except tomllib.TOMLDecodeError:
+        return []
+    parts = []
+    while isinstance(node, dict):
+        (part, node), = node.items()
+        parts.append(part)
+    return parts
+
+
 def _apply_override(raw: dict[str, Any], assignment: str, origin: str) -> None:
     key, sep, value = assignment.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"{origin}: override {assignment!r} must look like section.key=value")
-    parts = key.strip().split(".")
+    parts = _key_path(key.strip())
+    if not parts:
+        raise ConfigError(f"{origin}: override key {key!r} is not a TOML key (quote dotted names: "
+                          'tune.space."regime.epsilon".grid=[1, 2])')
     node = raw
     for part in parts[:-1]:
         node = node.setdefault(part, {})

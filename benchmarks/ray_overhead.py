@@ -96,7 +96,7 @@ def plain_fit(cfg, data: str, ckpt_dir: str) -> tuple[float, list[dict[str, Any]
         metrics = train_epoch(w, epoch)
         save_state(w, ckpt_dir)
         history.append(metrics)
-        if metrics["done"]:
+        if metrics["final_epoch"]:
             break
     return time.perf_counter() - t_start, history, time.process_time() - cpu_start
 

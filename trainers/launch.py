@@ -29,11 +29,13 @@ class TrainResult:
     model_uri: str | None
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = False) -> None:
     """Join the cluster at `address` / $RAY_ADDRESS, or start a local Ray instance.
 
     Worker logs stay in Ray's log folder (the driver shows progress from the epoch
     reports instead): without the dashboard, Ray's own messages would flood it.
+    `dashboard=True` for Tune: the dashboard serves the State API, without which a trial
+    stopped by ASHA never releases its placement group (ENVIRONMENT.md).
     """
     import ray
 
@@ -44,15 +46,17 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=num_cpus, include_dashboard=dashboard, log_to_driver=False)
 
 
 def fit(cfg: ExperimentConfig, data: str, *, run_id: str | None = None,
-        tracking_uri: str | None = None, name: str | None = None,
-        on_epoch: Callable[[dict[str, Any]], None] | None = None):
+        tracking_uri: str | None = None, name: str | None = None, storage: str | None = None,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None, callbacks: list[Any] | None = None):
     """Run `train_worker` on Ray Train workers; returns the ray.train.Result.
 
-    `on_epoch` is called in the driver with each epoch's metrics as rank 0 reports them.
+    `name` under `storage` (default: cfg.train.storage) holds the checkpoints; reusing a
+    name continues from its last checkpoint. `on_epoch` is called in the driver with
+    each epoch's metrics as rank 0 reports them; `callbacks` are Ray Train callbacks.
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -62,7 +66,7 @@ def fit(cfg: ExperimentConfig, data: str, *, run_id: str | None = None,
     from advorch.trainers.loop import train_worker
 
     workers = cfg.train.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    storage = cfg.train.storage
+    storage = storage or cfg.train.storage
     if "://" not in storage:
         storage = str(Path(storage).absolute())
     name = name or f"{cfg.name}-{uuid.uuid4().hex[:8]}"  # fresh: a reused name resumes
@@ -78,6 +82,7 @@ def fit(cfg: ExperimentConfig, data: str, *, run_id: str | None = None,
             storage_path=storage,
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
         ),
     )
     if on_epoch is None:
@@ -130,47 +135,73 @@ def train(cfg: ExperimentConfig, data: str | None = None, *, ray_address: str | 
           mlflow_uri: str | None = None, track: bool = True,
           on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     """Fit on Ray, evaluate the best epoch on test, record everything in MLflow."""
-    from advorch.pipelines.shards import read_manifest, read_side_file
-    from advorch.trainers.models import Serving
     from advorch.tuning import tracking
 
-    data = data or cfg.data.output
-    if "://" not in data:
-        data = str(Path(data).absolute())
-    manifest = read_manifest(data)
-    if manifest is None:
-        raise FileNotFoundError(f"{data} holds no manifest.json: run `advorch preprocess` first")
+    data = dataset_uri(data or cfg.data.output)
+    manifest = read_dataset_manifest(data)
     init_ray(ray_address)
     uri = run_id = None
     if track:
         uri = tracking.resolve_uri(mlflow_uri or cfg.mlflow.tracking_uri)
-        run_id = tracking.start_run(uri, cfg.mlflow.experiment, cfg.name,
-                                    {**cfg.flat(), "data.build_id": manifest["build_id"]},
-                                    tags={"advorch.dataset": data, "advorch.regime": cfg.regime.name})
+        run_id = tracking.start_run(uri, cfg.mlflow.experiment, cfg.name, run_params(cfg, manifest),
+                                    tags=run_tags(cfg, data))
     try:
         result = fit(cfg, data, run_id=run_id, tracking_uri=uri, on_epoch=on_epoch)
-        if result.error:
-            raise result.error
-        saved = load_checkpoint_dir(result.checkpoint)
-        metrics, model, example = test_metrics(cfg, data, saved["state"]["best_model"])
-        metrics["best_epoch"] = saved["state"]["best_epoch"]
-        model_uri = None
-        if track:
-            tracking.log_metrics(uri, run_id, metrics)
-            tracking.log_dict(uri, run_id, cfg.model_dump(), "config.json")
-            tracking.log_dict(uri, run_id, manifest, "dataset/manifest.json")
-            if "vocab.json" in manifest.get("side_files", {}):
-                tracking.log_text(uri, run_id, read_side_file(data, "vocab.json", manifest).decode(),
-                                  "dataset/vocab.json")
-            if cfg.mlflow.log_model:
-                model_uri = tracking.log_model(uri, run_id, Serving(model.eval()), example.numpy(),
-                                               {"classes.json": manifest["classes"]})
-                tracking.set_tag(uri, run_id, "advorch.model_uri", model_uri)
-            tracking.end_run(uri, run_id)
+        return finish(cfg, data, manifest, result, uri, run_id)
     except BaseException:
         if track:
             tracking.end_run(uri, run_id, status="FAILED")
         raise
+
+
+def dataset_uri(data: str) -> str:
+    return data if "://" in data else str(Path(data).absolute())
+
+
+def read_dataset_manifest(data: str) -> dict[str, Any]:
+    from advorch.pipelines.shards import read_manifest
+
+    manifest = read_manifest(data)
+    if manifest is None:
+        raise FileNotFoundError(f"{data} holds no manifest.json: run `advorch preprocess` first")
+    return manifest
+
+
+def run_params(cfg: ExperimentConfig, manifest: dict[str, Any]) -> dict[str, Any]:
+    """MLflow params of a training run: the resolved config and the dataset build."""
+    return {**cfg.flat(), "data.build_id": manifest["build_id"]}
+
+
+def run_tags(cfg: ExperimentConfig, data: str) -> dict[str, str]:
+    return {"advorch.dataset": data, "advorch.regime": cfg.regime.name}
+
+
+def finish(cfg: ExperimentConfig, data: str, manifest: dict[str, Any], result: Any,
+           uri: str | None, run_id: str | None) -> TrainResult:
+    """After a fit: test metrics of the best epoch, then (tracked) artifacts, model, run ended."""
+    from advorch.pipelines.shards import read_side_file
+    from advorch.trainers.models import Serving
+    from advorch.tuning import tracking
+
+    if result.error:
+        raise result.error
+    saved = load_checkpoint_dir(result.checkpoint)
+    metrics, model, example = test_metrics(cfg, data, saved["state"]["best_model"])
+    metrics["best_epoch"] = saved["state"]["best_epoch"]
+    metrics["best_" + cfg.train.metric] = saved["state"]["best_metric"]
+    model_uri = None
+    if run_id:
+        tracking.log_metrics(uri, run_id, metrics)
+        tracking.log_dict(uri, run_id, cfg.model_dump(), "config.json")
+        tracking.log_dict(uri, run_id, manifest, "dataset/manifest.json")
+        if "vocab.json" in manifest.get("side_files", {}):
+            tracking.log_text(uri, run_id, read_side_file(data, "vocab.json", manifest).decode(),
+                              "dataset/vocab.json")
+        if cfg.mlflow.log_model:
+            model_uri = tracking.log_model(uri, run_id, Serving(model.eval()), example.numpy(),
+                                           {"classes.json": manifest["classes"]})
+            tracking.set_tag(uri, run_id, "advorch.model_uri", model_uri)
+        tracking.end_run(uri, run_id)
     return TrainResult(run_id, uri, metrics, result.checkpoint.path, model_uri)
 
 

@@ -142,7 +142,7 @@ def train_epoch(w: Worker, epoch: int) -> dict[str, float]:
     state["epoch"] = epoch
     stop = state["bad_epochs"] >= cfg.train.patience or epoch == cfg.train.epochs - 1
     metrics.update(epoch=epoch, best_epoch=state["best_epoch"], best_metric=state["best_metric"],
-                   done=int(stop))
+                   final_epoch=int(stop))  # not "done": Tune ends a trial on that key
     return metrics
 
 
@@ -195,7 +195,7 @@ def train_worker(config: dict[str, Any]) -> None:
                     tracking.log_metrics(config["tracking_uri"], config["run_id"],
                                          {k: v for k, v in metrics.items() if v is not None}, step=epoch)
             ray.train.report(metrics, checkpoint=ckpt)
-        if metrics["done"]:
+        if metrics["final_epoch"]:
             break
 
 

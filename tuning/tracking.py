@@ -108,6 +108,29 @@ def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     _client(uri).set_terminated(run_id, status=status)
 
 
+def set_status(uri: str, run_id: str, status: str) -> None:
+    """Set a run's status, e.g. back to RUNNING when an interrupted sweep resumes it."""
+    _client(uri).update_run(run_id, status=status)
+
+
+def child_runs(uri: str, experiment: str, parent_run_id: str, trial_id: str | None = None
+               ) -> list[dict[str, Any]]:
+    """The runs nested under `parent_run_id` (optionally one trial's), oldest first."""
+    client = _client(uri)
+    query = f"tags.mlflow.parentRunId = '{parent_run_id}'"
+    if trial_id:
+        query += f" and tags.`advorch.trial_id` = '{trial_id}'"
+    runs = client.search_runs([experiment_id(uri, experiment)], query, max_results=10_000,
+                              order_by=["attributes.start_time ASC"])
+    return [{"run_id": r.info.run_id, "status": r.info.status, "tags": dict(r.data.tags),
+             "metrics": dict(r.data.metrics), "params": dict(r.data.params)} for r in runs]
+
+
+def find_child(uri: str, experiment: str, parent_run_id: str, trial_id: str) -> dict[str, Any] | None:
+    runs = child_runs(uri, experiment, parent_run_id, trial_id)
+    return runs[-1] if runs else None
+
+
 def set_tag(uri: str, run_id: str, key: str, value: str) -> None:
     _client(uri).set_tag(run_id, key, value)
 
