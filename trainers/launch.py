@@ -51,12 +51,15 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
 
 def fit(cfg: ExperimentConfig, data: str, *, run_id: str | None = None,
         tracking_uri: str | None = None, name: str | None = None, storage: str | None = None,
-        on_epoch: Callable[[dict[str, Any]], None] | None = None, callbacks: list[Any] | None = None):
+        on_epoch: Callable[[dict[str, Any]], None] | None = None, callbacks: list[Any] | None = None,
+        cpus_per_worker: float | None = None):
     """Run `train_worker` on Ray Train workers; returns the ray.train.Result.
 
     `name` under `storage` (default: cfg.train.storage) holds the checkpoints; reusing a
     name continues from its last checkpoint. `on_epoch` is called in the driver with
     each epoch's metrics as rank 0 reports them; `callbacks` are Ray Train callbacks.
+    `cpus_per_worker` (default 1; none with GPUs) is less than 1 inside a Tune trial, whose
+    own share of a CPU would otherwise leave a whole CPU short.
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -75,7 +78,9 @@ def fit(cfg: ExperimentConfig, data: str, *, run_id: str | None = None,
         train_worker,
         train_loop_config={"experiment": cfg.model_dump(), "data": data, "progress": progress,
                            "run_id": run_id, "tracking_uri": tracking_uri},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.train.gpus),
+        scaling_config=ScalingConfig(
+            num_workers=workers, use_gpu=cfg.train.gpus,
+            resources_per_worker=None if cpus_per_worker is None else {"CPU": cpus_per_worker}),
         torch_config=TorchConfig(backend=backend(cfg.train.gpus)),
         run_config=RunConfig(
             name=name,

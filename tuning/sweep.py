@@ -28,6 +28,7 @@ from advorch.trainers.launch import dataset_uri, finish, fit, init_ray, read_dat
 from advorch.tuning import tracking
 
 STATE_FILE = "advorch-sweep.json"
+TRIAL_CPU = 0.01  # the trial only waits on its Train workers; with_resources rejects 0
 
 
 class SweepError(RuntimeError):
@@ -84,7 +85,8 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], data: str, uri: s
             parent_run_id=parent_run_id)
     try:
         result = fit(cfg, data, run_id=run_id, tracking_uri=uri, name=f"trial-{trial_id}",
-                     storage=train_storage, callbacks=[TuneReportCallback()])
+                     storage=train_storage, callbacks=[TuneReportCallback()],
+                     cpus_per_worker=1 - TRIAL_CPU)  # so N trials of W workers fit N·W CPUs
         finish(cfg, data, manifest, result, uri, run_id)
     except BaseException as e:
         # not ended here: the driver ends it KILLED if the scheduler stopped the trial,
@@ -152,7 +154,7 @@ def sweep(cfg: ExperimentConfig, data: str | None = None, *, ray_address: str | 
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=state["config"], data=state["data"], uri=uri,
                              parent_run_id=parent, train_storage=str(sweep_dir / "train")),
-        {"cpu": 0.01})  # the trial only waits on its Train workers; with_resources rejects 0
+        {"cpu": TRIAL_CPU})
     TrialCallback.listener = on_trial
     try:
         if resume:
@@ -162,7 +164,7 @@ def sweep(cfg: ExperimentConfig, data: str | None = None, *, ray_address: str | 
             tuner = tune.Tuner(
                 trainable, param_space=search_space(cfg.tune.space),
                 tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=cfg.tune.num_samples,
-                                            scheduler=_scheduler(cfg),
+                                            scheduler=_scheduler(cfg), reuse_actors=True,
                                             max_concurrent_trials=_max_concurrent(cfg)),
                 run_config=tune.RunConfig(name=sweep_dir.name, storage_path=str(sweep_dir.parent),
                                           callbacks=[TrialCallback()], verbose=0))
@@ -190,13 +192,13 @@ def _scheduler(cfg: ExperimentConfig):
 
 
 def _max_concurrent(cfg: ExperimentConfig) -> int:
-    """As many trials as the cluster's CPUs hold (each trial's workers take one CPU each)."""
+    """As many trials as the cluster holds: each worker takes a CPU (a GPU with train.gpus)."""
     import ray
 
     if cfg.tune.max_concurrent:
         return cfg.tune.max_concurrent
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    return max(1, cpus // max(1, cfg.train.workers or cpus))
+    units = int(ray.cluster_resources().get("GPU" if cfg.train.gpus else "CPU", 1))
+    return max(1, units // max(1, cfg.train.workers or units))
 
 
 class TrialCallback(Callback):

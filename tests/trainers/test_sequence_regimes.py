@@ -96,6 +96,22 @@ def test_cat_with_gamma_zero_equals_attention_aware_at():
     assert not torch.allclose(a, c)  # γ > 0 changes the perturbation
 
 
+def test_cat_similarity_gradient_touches_no_parameter_and_matches_autograd():
+    from advorch.trainers.adversarial.conservative import similarity_gradient
+
+    model, batch = _model(), _batch()
+    with torch.no_grad():
+        alpha = model(model.embed(batch), batch).attention
+    r0 = 0.3 * torch.randn(4, 5, 6) * batch["mask"][..., None]
+    g = similarity_gradient(model, batch, r0, alpha)
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())
+    r = r0.clone().requires_grad_(True)  # reference: parameters left trainable
+    out = model(model.embed(batch).detach() + r, batch)
+    (ref,) = torch.autograd.grad(attention_similarity(alpha, out.attention, batch["mask"]).mean(), r)
+    torch.testing.assert_close(g, ref)
+    assert g.abs().sum() > 0
+
+
 def test_sf_with_full_keep_ratio_equals_attention_aware_at_and_reports_kept_share():
     a, _ = _grads_after(RegimeConfig(name="attention_at", filter="sf", keep_ratio=1.0))
     b, _ = _grads_after(RegimeConfig(name="attention_at"))

@@ -53,7 +53,7 @@ def sweep_runs(uri: str) -> tuple[object, list[object]]:
     return parent, [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
 
 
-def check_sweep(uri: str, tmp_path: Path) -> None:
+def check_sweep(uri: str, tmp_path: Path, cli_predict: bool = True) -> None:
     """One parent, four children nested and all ended, best tagged and registered as candidate,
     which loads by alias and predicts."""
     import mlflow
@@ -85,6 +85,8 @@ def check_sweep(uri: str, tmp_path: Path) -> None:
     probs = model(torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]]))
     assert probs.shape == (2, 2) and torch.allclose(probs.sum(1), torch.ones(2))
 
+    if not cli_predict:
+        return
     sentences = tmp_path / "sentences.txt"
     sentences.write_text("a gorgeous , witty film .\nthe plot is dull .\n", encoding="utf-8")
     proc = run_cli("registry", "predict", "mr-sweep@candidate", str(sentences), "--mlflow-uri", uri,
@@ -101,6 +103,11 @@ def test_sweep_on_sqlite_with_asha(mr_shards, tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "models:/mr-sweep@candidate" in proc.stdout
     check_sweep(uri, tmp_path)
+    # max_concurrent 0 → as many 1-worker trials as CPUs: with 2 or more, some ran side by side
+    _, children = sweep_runs(uri)
+    spans = sorted((c.info.start_time, c.info.end_time) for c in children)
+    overlapped = any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))
+    assert overlapped or (os.cpu_count() or 1) < 2
 
 
 def _free_port() -> int:
@@ -170,4 +177,4 @@ def test_sweep_on_mlflow_server_resumes_after_driver_kill(mr_shards, tmp_path, m
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED" and run.info.end_time == end_time
         assert len(client.get_metric_history(run_id, "val_loss")) == epochs
-    check_sweep(uri, tmp_path)
+    check_sweep(uri, tmp_path, cli_predict=False)

@@ -16,6 +16,9 @@ input-only backward per step.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor, nn
 
@@ -24,11 +27,29 @@ from advorch.trainers.models.base import Batch
 
 
 def similarity_gradient(model: nn.Module, batch: Batch, r0: Tensor, alpha: Tensor) -> Tensor:
-    """∇_r of the batch-mean R(α, α_adv(e + r)) at r = r0 (B, T, D); no parameter gradient."""
+    """∇_r of the batch-mean R(α, α_adv(e + r)) at r = r0 (B, T, D); no parameter gradient.
+
+    The parameters are frozen for this pass so that autograd neither records nor computes
+    their gradients: the backward does the input-gradient half of the work only.
+    """
     r = r0.detach().requires_grad_(True)
-    out = model(model.embed(batch).detach() + r, batch)
-    if out.attention is None:
-        raise ValueError("Conservative AT needs a model with attention (model.name = lstm_attention)")
-    objective = attention_similarity(alpha.detach(), out.attention, batch["mask"]).mean()
-    (g,) = torch.autograd.grad(objective, r)
+    with frozen(model):
+        out = model(model.embed(batch).detach() + r, batch)
+        if out.attention is None:
+            raise ValueError("Conservative AT needs a model with attention (model.name = lstm_attention)")
+        objective = attention_similarity(alpha.detach(), out.attention, batch["mask"]).mean()
+        (g,) = torch.autograd.grad(objective, r)
     return g
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[None]:
+    """Parameters with requires_grad off inside the block, restored after."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
