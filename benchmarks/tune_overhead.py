@@ -5,7 +5,7 @@ evaluation, MLflow run with the logged model (sqlite store in a temporary folder
 The sweep also ends with its own work (trial table, sensitivity plots, registering the
 best model), which is counted. One Ray instance (with dashboard, as `advorch tune`
 starts it) serves both sides; its start is not counted, nor is one untimed warm-up
-training before each mode. Trials reuse their Tune actors (`reuse_actors=True`).
+training before each mode. Each trial starts its own Tune actor.
 
 - `serial`: Tune with max_concurrent = 1 and 2 workers per trial vs the N trainings with
   2 workers each: the cost Tune adds (target ≤ 1.15x for trials of ≥ 10 s).

@@ -164,7 +164,9 @@ def sweep(cfg: ExperimentConfig, data: str | None = None, *, ray_address: str | 
             tuner = tune.Tuner(
                 trainable, param_space=search_space(cfg.tune.space),
                 tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=cfg.tune.num_samples,
-                                            scheduler=_scheduler(cfg), reuse_actors=True,
+                                            # no reuse_actors: a trial ASHA stops mid-fit
+                                            # cannot reset, and the next trial on that actor fails
+                                            scheduler=_scheduler(cfg),
                                             max_concurrent_trials=_max_concurrent(cfg)),
                 run_config=tune.RunConfig(name=sweep_dir.name, storage_path=str(sweep_dir.parent),
                                           callbacks=[TrialCallback()], verbose=0))
