@@ -64,11 +64,15 @@ def main(version: Annotated[bool, typer.Option("--version", callback=_version, i
     """advorch: data pipelines and adversarial training on Dask, Ray and MLflow."""
 
 
-def run_text_pipeline(cfg: ExperimentConfig, output: str | None, dask_address: str | None):
-    """Run the text pipeline and print its summary; errors become messages and exit codes."""
-    from advorch.pipelines.shards import ShardError
-    from advorch.pipelines.text import PipelineError, run
+def run_pipeline(cfg: ExperimentConfig, output: str | None, dask_address: str | None):
+    """Run the config's pipeline (data.kind) and print its summary; errors become messages
+    and exit codes."""
+    from importlib import import_module
 
+    from advorch.pipelines.common import PipelineError
+    from advorch.pipelines.shards import ShardError
+
+    run = import_module(f"advorch.pipelines.{cfg.data.kind}").run
     try:
         summary = run(cfg.data, output=output, dask_address=dask_address)
     except (PipelineError, ShardError) as e:
@@ -91,8 +95,32 @@ def preprocess_text(config: ConfigArg, output: Annotated[str | None, typer.Optio
                         help="Dataset folder or URI (default: data.output).")] = None,
                     dask_address: DaskOpt = None, set_: SetOpt = None) -> None:
     """Labelled line files (one per class) → tokenised Parquet shards + manifest."""
-    cfg = _load(config, set_)
-    run_text_pipeline(cfg, output, dask_address)
+    run_pipeline(_load_kind(config, set_, "text"), output, dask_address)
+
+
+def _load_kind(config: Path, overrides: list[str] | None, kind: str) -> ExperimentConfig:
+    cfg = _load(config, overrides)
+    if cfg.data.kind != kind:
+        fail(f"{config}: data.kind is {cfg.data.kind!r}; this command needs data.kind = {kind!r} "
+             f"(use `advorch preprocess {cfg.data.kind}`)")
+    return cfg
+
+
+@preprocess_app.command("clickstream")
+def preprocess_clickstream(config: ConfigArg, output: Annotated[str | None, typer.Option(
+                               help="Dataset folder or URI (default: data.output).")] = None,
+                           dask_address: DaskOpt = None, set_: SetOpt = None) -> None:
+    """Event logs (+ purchases) → sessions → Parquet shards, vocabulary, page embeddings.
+
+    Re-running after new events arrive writes only new or changed sessions.
+    """
+    summary = run_pipeline(_load_kind(config, set_, "clickstream"), output, dask_address)
+    st = summary.manifest.get("clickstream", {})
+    if not summary.up_to_date:
+        out.print(f"sessions {st['sessions']} ({st['converted']} converted), events {st['events']}; "
+                  f"written {st['sessions_written']} sessions in {st['parts_written']} parts, "
+                  f"kept {st['parts_kept']} parts; events cut after a purchase {st['events_after_purchase']}",
+                  soft_wrap=True)
 
 
 def _print_result(result) -> None:
@@ -349,7 +377,7 @@ def demo(data: Annotated[Path, typer.Option(
              "(the repository expects ../shared/data/mr beside it)")
     cfg = _load(None, demo_overrides(data, output, workers) + list(set_ or []))
     out.rule("1/2 preprocess: MR sentences → Parquet shards")
-    run_text_pipeline(cfg, None, None)
+    run_pipeline(cfg, None, None)
     out.rule(f"2/2 train: {cfg.model.name} + {cfg.regime.name} on Ray Train, {workers} workers")
     result = run_training(cfg, None, ray_address, mlflow_uri)
     out.print(f"[bold]test_accuracy = {result.metrics['test_accuracy']:.4f}[/] "

@@ -26,10 +26,63 @@ class TextSource(_Section):
     label: str
 
 
+class EventColumns(_Section):
+    """Which columns of an event log hold what (names as in the file's header or JSON keys)."""
+
+    session: str | None = Field("session_id", description="session id; none: user + gap_minutes")
+    user: str | None = Field(None, description="user id, to cut sessions by inactivity gap")
+    time: str = "timestamp"
+    item: str = Field("item_id", description="page or item id: the sequence's tokens")
+    event: str | None = Field(None, description="event type, when conversions are events")
+
+    @field_validator("session", "user", "event", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return None if v == "" else v  # TOML has no null: session = "" means no session column
+
+
+class PurchaseColumns(_Section):
+    """Columns of a purchases file: which session converted, and when."""
+
+    session: str = "session_id"
+    time: str = "timestamp"
+
+
+class ItemMap(_Section):
+    """A table that maps each page / item id to the token the model sees (e.g. its category)."""
+
+    path: str
+    key: str = "item_id"
+    value: str = "category_id"
+    delimiter: str = ","
+
+
+class ClickstreamConfig(_Section):
+    """Event logs → sessions (Jia et al. KDD'19 §4.1, Adobe.com purchase prediction)."""
+
+    events: list[str] = Field(default_factory=list, description="files or glob patterns; .gz ok")
+    format: Literal["auto", "csv", "tsv", "jsonl"] = "auto"
+    delimiter: str | None = Field(None, description="csv only; default ','")
+    null_values: list[str] = Field(default_factory=lambda: ["", "NA", "null"])
+    columns: EventColumns = Field(default_factory=EventColumns)
+    time_unit: Literal["iso", "s", "ms"] = Field("iso", description="how the time column reads")
+    purchases: list[str] = Field(default_factory=list, description="files naming converted sessions")
+    purchase_columns: PurchaseColumns = Field(default_factory=PurchaseColumns)
+    conversion_event: str | None = Field(None, description="event type that marks a conversion")
+    gap_minutes: float = Field(0.0, ge=0.0, description="split sessions after this idle time; 0: off")
+    item_map: ItemMap | None = Field(None, description="tokens from this map (unmapped ids stay)")
+    max_length: int = Field(732, ge=1, description="keep the last L events (paper: max 732)")
+    min_length: int = Field(2, ge=1, description="shorter sessions are quarantined")
+    embedding_dim: int = Field(120, ge=0, description="Word2Vec page embeddings; 0: none")
+    embedding_window: int = Field(5, ge=1)
+    embedding_epochs: int = Field(10, ge=1)
+    embedding_workers: int = Field(1, ge=1, description="1 keeps the embeddings deterministic")
+
+
 class DataConfig(_Section):
     """Where the raw data is and how the pipeline turns it into shards."""
 
-    kind: Literal["text"] = "text"
+    kind: Literal["text", "clickstream"] = "text"
     sources: list[TextSource] = Field(default_factory=list)
     encoding: str = "utf-8"
     output: str = "data/dataset"
@@ -40,6 +93,7 @@ class DataConfig(_Section):
     lowercase: bool = True
     part_rows: int = Field(4096, ge=1, description="rows per Parquet part")
     seed: int = 0
+    clickstream: ClickstreamConfig = Field(default_factory=ClickstreamConfig)
 
 
 class ModelConfig(_Section):
@@ -51,6 +105,8 @@ class ModelConfig(_Section):
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
     max_length: int = Field(100, ge=1, description="longer sequences keep their first tokens")
     pretrained_vectors: str | None = Field(None, description="word2vec/GloVe text file to start from")
+    init_embeddings: Literal["dataset", "random"] = Field(
+        "dataset", description="start from the dataset's embeddings side file when it has one")
 
 
 class RegimeConfig(_Section):
@@ -82,6 +138,7 @@ class TrainConfig(_Section):
     grad_clip: float = Field(5.0, ge=0.0, description="0 disables clipping")
     patience: int = Field(3, ge=1, description="epochs without validation gain before stopping")
     metric: Literal["val_accuracy", "val_auc", "val_loss"] = "val_accuracy"
+    class_weights: bool = Field(False, description="weight the loss by inverse train class frequency")
     workers: int = Field(0, ge=0, description="0: one per available CPU")
     gpus: bool = False
     max_failures: int = Field(2, ge=0)

@@ -162,7 +162,9 @@ class DatasetWriter:
                extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Publish the staged build and write the manifest; return the manifest.
 
-        `splits` maps a split name to {"parts": [{"index", "rows"}], "classes": {name: n}}.
+        `splits` maps a split name to {"parts": [{"index", "rows"}], "classes": {name: n}};
+        a part {"keep": "parts/…", "rows"} is one of the previous build's, listed again as it is
+        (an incremental build).
         """
         fs, root = self.fs, self._root
         fs.makedirs(f"{root}/parts", exist_ok=True)
@@ -179,6 +181,9 @@ class DatasetWriter:
         for split, meta in splits.items():
             parts = []
             for part in meta["parts"]:
+                if "keep" in part:
+                    parts.append({"path": part["keep"], "rows": int(part["rows"])})
+                    continue
                 name = self.part_name(split, part["index"])
                 fs.mv(f"{self._staging}/{name}", f"{root}/parts/{name}")
                 parts.append({"path": f"parts/{name}", "rows": int(part["rows"])})

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 import fsspec
@@ -25,6 +24,7 @@ import pyarrow as pa
 
 from advorch import __version__
 from advorch.config import DataConfig
+from advorch.pipelines.common import OOV, PipelineError, Summary, build_vocab, stratified_split
 from advorch.pipelines.shards import (
     DatasetWriter,
     Quarantine,
@@ -35,7 +35,6 @@ from advorch.pipelines.shards import (
 )
 from advorch.progress import track
 
-PAD, OOV = "<pad>", "<unk>"
 TOKEN_RE = re.compile(r"[\w']+|[^\w\s]")
 BLOCK_SIZE = 64 * 2**20  # bytes of one file read per task; blocks end on a \n byte
 
@@ -43,22 +42,6 @@ SCHEMA = pa.schema([
     ("id", pa.string()), ("source", pa.string()), ("line", pa.int32()), ("text", pa.string()),
     ("label", pa.int32()), ("tokens", pa.list_(pa.int32())), ("length", pa.int32()),
 ])
-
-
-class PipelineError(RuntimeError):
-    """The run cannot go on; the message names the file (and line) and the fix."""
-
-
-@dataclass
-class Summary:
-    """What one pipeline run did."""
-
-    output: str
-    up_to_date: bool
-    rows: int
-    quarantined: int
-    splits: dict[str, int]
-    manifest: dict[str, Any]
 
 
 def tokenize(text: str, lowercase: bool = True) -> list[str]:
@@ -108,42 +91,6 @@ def encode_part(uri: str, rows: list[tuple], vocab: dict[str, int]) -> int:
         "length": [len(x) for x in ids],
     }, schema=SCHEMA)
     return write_part(uri, table)
-
-
-def build_vocab(token_lists: list[list[str]], min_count: int, max_size: int) -> dict[str, int]:
-    """Token → id: 0 is padding, 1 is OOV, then by descending count (ties by token)."""
-    counts = Counter(t for tokens in token_lists for t in tokens)
-    kept = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))
-    return {t: i for i, t in enumerate([PAD, OOV, *kept[: max_size - 2]])}
-
-
-def stratified_split(labels: np.ndarray, test_fraction: float, val_fraction: float,
-                     seed: int) -> np.ndarray:
-    """Split name per row, stratified by class and seeded.
-
-    Each class gives `test_fraction` of its rows to test and `val_fraction` of the rest
-    to val. Per-class counts are floored and the leftover rows go to the classes with
-    the largest remainders, so the totals match the fractions exactly (10,662 MR rows
-    at 0.5 → 5,331 test, though each class has an odd 5,331).
-    """
-    classes, sizes = np.unique(labels, return_counts=True)
-
-    def allocate(n: np.ndarray, fraction: float) -> np.ndarray:
-        exact = n * fraction
-        out = np.floor(exact).astype(int)
-        extra = int(round(exact.sum())) - out.sum()
-        out[np.argsort(-(exact - out), kind="stable")[:extra]] += 1
-        return out
-
-    n_test = allocate(sizes, test_fraction)
-    n_val = allocate(sizes - n_test, val_fraction)
-    split = np.full(len(labels), "train", dtype=object)
-    rng = np.random.default_rng(seed)
-    for c, t, v in zip(classes, n_test, n_val, strict=True):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        split[idx[:t]] = "test"
-        split[idx[t:t + v]] = "val"
-    return split
 
 
 def _params(cfg: DataConfig) -> dict[str, Any]:

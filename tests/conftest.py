@@ -12,6 +12,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ADVORCH_SHARED_DATA", ROOT.parent / "shared" / "data"))
 MR = SHARED_DATA / "mr"
+DIGI = SHARED_DATA / "clickstream" / "diginetica"
+VIEWS = DIGI / "sample_train-item-views.csv"
+PURCHASES = DIGI / "train-purchases.csv"
 ADVORCH = str(Path(sys.executable).with_name("advorch"))
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -53,6 +56,45 @@ def mr_shards(tmp_path_factory, mr_dir) -> Path:
     out = tmp_path_factory.mktemp("mr") / "shards"
     cfg = load_config(mr_config(out.parent / "mr.toml", out))
     text.run(cfg.data)
+    return out
+
+
+@pytest.fixture(scope="module")
+def dask_address():
+    """One real Dask cluster (scheduler + 2 worker processes) for the runs that only need
+    a cluster, reached through `--dask-address` as a scheduled run on a real cluster would.
+    It saves a LocalCluster start per run; the CLI's own LocalCluster is exercised by the
+    SIGKILL test (and the session's `mr_shards`)."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None, silence_logs=40) as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="session")
+def digi() -> Path:
+    if not VIEWS.is_file():
+        pytest.skip(f"real DIGINETICA sample not found at {DIGI}")
+    return DIGI
+
+
+def digi_config(output: Path, *overrides: str):
+    """configs/diginetica.toml with absolute data paths and `output`."""
+    from advorch.config import load_config
+
+    return load_config(ROOT / "configs" / "diginetica.toml", [
+        f'data.output="{output}"', f'data.clickstream.events=["{VIEWS}"]',
+        f'data.clickstream.purchases=["{PURCHASES}"]', *overrides])
+
+
+@pytest.fixture(scope="session")
+def digi_shards(tmp_path_factory, digi) -> Path:
+    """The DIGINETICA sample preprocessed once per session (read-only for tests)."""
+    from advorch.pipelines import clickstream
+
+    out = tmp_path_factory.mktemp("digi") / "shards"
+    clickstream.run(digi_config(out).data)
     return out
 
 

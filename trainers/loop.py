@@ -51,22 +51,35 @@ def build(cfg: ExperimentConfig, manifest: dict[str, Any],
           data: str | None = None) -> tuple[nn.Module, Regime]:
     """Model and regime for a dataset, seeded so every rank builds the same weights.
 
-    With model.pretrained_vectors set, the embedding starts from those vectors (the
-    dataset's vocabulary side file maps tokens to ids).
+    The embedding starts from the dataset's own vectors (the clickstream pipeline's
+    Word2Vec page embeddings, side file embeddings.npy) unless model.init_embeddings is
+    "random"; with model.pretrained_vectors set, from that word2vec/GloVe file instead
+    (the dataset's vocabulary side file maps tokens to ids).
     """
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, manifest["vocab_size"], len(manifest["classes"]))
-    if cfg.model.pretrained_vectors and data is not None:
-        import json
+    if data is None:
+        return model, build_regime(cfg.regime)
+    import json
 
-        from advorch.pipelines.shards import read_side_file
-        from advorch.trainers.models.pretrained import load_word_vectors
+    from advorch.pipelines.shards import read_side_file
+    from advorch.trainers.models.pretrained import load_dataset_vectors, load_word_vectors
 
+    if cfg.model.pretrained_vectors:
         vocab = json.loads(read_side_file(data, "vocab.json", manifest))
         weights, _ = load_word_vectors(cfg.model.pretrained_vectors, vocab, cfg.model.embedding_dim,
                                        init=model.embedding.weight.data)
         model.embedding.weight.data.copy_(weights)
+    elif cfg.model.init_embeddings == "dataset" and "embeddings.npy" in manifest.get("side_files", {}):
+        model.embedding.weight.data.copy_(load_dataset_vectors(data, manifest, cfg.model.embedding_dim))
     return model, build_regime(cfg.regime)
+
+
+def class_weights(manifest: dict[str, Any]) -> torch.Tensor:
+    """n / (k · n_c) per class c over the train split ("balanced"), for a skewed label."""
+    counts = torch.tensor([manifest["splits"]["train"]["classes"].get(c, 0) for c in manifest["classes"]],
+                          dtype=torch.float32)
+    return counts.sum() / (len(counts) * counts.clamp_min(1))
 
 
 def make_optimizer(cfg: ExperimentConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -90,6 +103,7 @@ class Worker:
     device: torch.device
     rank: int = 0
     world: int = 1
+    class_weight: torch.Tensor | None = None
     state: dict[str, Any] = field(default_factory=lambda: {
         "epoch": -1, "best_metric": None, "best_epoch": -1, "bad_epochs": 0, "best_model": None})
 
@@ -107,7 +121,7 @@ def setup_worker(cfg: ExperimentConfig, data: str, rank: int = 0, world: int = 1
         # the paper's transductive setting (§3.1): VAT also sees the test inputs, never their labels
         load("test") if cfg.regime.transductive else None,
         steps_per_epoch(manifest["splits"]["train"]["rows"], world, cfg.train.batch_size),
-        device, rank, world)
+        device, rank, world, class_weights(manifest).to(device) if cfg.train.class_weights else None)
 
 
 def train_epoch(w: Worker, epoch: int) -> dict[str, float]:
@@ -122,6 +136,8 @@ def train_epoch(w: Worker, epoch: int) -> dict[str, float]:
     extra = (batches(w.unlabelled, cfg.train.batch_size, w.device, steps=w.steps, shuffle=True, seed=seed + 7)
              if w.unlabelled is not None else None)
     for batch in batches(w.train, cfg.train.batch_size, w.device, steps=w.steps, shuffle=True, seed=seed):
+        if w.class_weight is not None:
+            batch["class_weight"] = w.class_weight
         if extra is not None:
             batch["unlabelled"] = {k: v for k, v in next(extra).items() if k != "label"}
         for k, v in train_step(w.model, w.regime, w.optimizer, batch, cfg.train.grad_clip).items():

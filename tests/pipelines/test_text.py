@@ -94,19 +94,6 @@ def _good_lines(word: str, n: int = 8) -> list[bytes]:
     return [f"{word} film number {i} is {word} .".encode() for i in range(n)]
 
 
-@pytest.fixture(scope="module")
-def dask_address():
-    """One real Dask cluster (scheduler + 2 worker processes) for the runs that only need
-    a cluster, reached through `--dask-address` as a scheduled run on a real cluster would.
-    It saves a LocalCluster start per run; the CLI's own LocalCluster is exercised by the
-    SIGKILL test (and the session's `mr_shards`)."""
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None, silence_logs=40) as cluster:
-        yield cluster.scheduler_address
-
-
 # ---------------------------------------------------------------- the real MR build
 
 

@@ -1,4 +1,4 @@
-"""Initial word (or page) embeddings from a word2vec / GloVe text file.
+"""Initial word (or page) embeddings: a dataset's own side file, or a word2vec / GloVe text file.
 
 The paper pretrained its MR embeddings on Amazon reviews; users who have such vectors
 point `model.pretrained_vectors` at them. Format: one `token v1 … vD` line per word;
@@ -8,9 +8,29 @@ their random initialisation; padding stays zero.
 
 from __future__ import annotations
 
+import io
+from typing import Any
+
 import fsspec
+import numpy as np
 import torch
 from torch import Tensor
+
+
+def load_dataset_vectors(data: str, manifest: dict[str, Any], dim: int) -> Tensor:
+    """The (vocab_size, D) matrix a pipeline stored as side file embeddings.npy.
+
+    Raises:
+        ValueError: D is not the model's embedding_dim (the fix is named).
+    """
+    from advorch.pipelines.shards import read_side_file
+
+    weights = np.load(io.BytesIO(read_side_file(data, "embeddings.npy", manifest)))
+    if weights.shape != (manifest["vocab_size"], dim):
+        raise ValueError(f"{data}: the dataset's embeddings are {weights.shape[0]} x {weights.shape[1]}, "
+                         f"the model wants {manifest['vocab_size']} x {dim}; set model.embedding_dim = "
+                         f"{weights.shape[1]} or model.init_embeddings = \"random\"")
+    return torch.from_numpy(weights)
 
 
 def load_word_vectors(uri: str, vocab: list[str], dim: int, init: Tensor | None = None,

@@ -1,0 +1,308 @@
+"""Clickstream event logs → session shards for purchase prediction (Jia et al. KDD'19 §4.1).
+
+    events (+ purchases) ─ Dask: parse blocks ─► sessionise (sessions.py) ─► split,
+    vocabulary, Word2Vec page embeddings ─► Parquet parts + manifest (shards.py)
+
+Rows are sessions: `tokens` (page ids, 0 = padding, 1 = OOV), `label` (1 = converted),
+`items` (the raw page ids), so the sequence trainers run on them unchanged. With
+`item_map` the tokens are what the map gives each page (its category, say; ids the map
+lacks stay themselves) and the vocabulary and embeddings are over those.
+
+Incremental: `side/sessions.parquet` records each session's digest (its events and label),
+split and part. A re-run with new events (a new day's file, say) keeps every part whose
+sessions are all unchanged and writes only new or changed sessions (and the rest of a part
+that held a changed one). Known sessions keep their split; new ones are split among
+themselves, stratified. The vocabulary only grows: known pages keep their ids, and a part
+is rewritten if a page of it that was OOV gets an id. Page embeddings are retrained on the
+whole train split each run. Any change of parameters rebuilds everything.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from advorch import __version__
+from advorch.config import DataConfig, ItemMap
+from advorch.pipelines.common import OOV, PAD, PipelineError, Summary, stratified_split
+from advorch.pipelines.events import expand, read_files
+from advorch.pipelines.sessions import Sessions, sessionise
+from advorch.pipelines.shards import (
+    DatasetWriter,
+    Quarantine,
+    file_fingerprint,
+    read_manifest,
+    read_side_file,
+    sources_unchanged,
+    write_part,
+)
+from advorch.progress import track
+
+CLASSES = ["no_purchase", "purchase"]
+SPLITS = ("train", "val", "test")
+SCHEMA = pa.schema([
+    ("id", pa.string()), ("label", pa.int32()), ("tokens", pa.list_(pa.int32())),
+    ("length", pa.int32()), ("items", pa.list_(pa.string())), ("start_ms", pa.int64()),
+])
+
+
+def _params(cfg: DataConfig) -> dict[str, Any]:
+    c = cfg.clickstream
+    return {"advorch": __version__, **c.model_dump(exclude={"events", "purchases"}),
+            "min_count": cfg.min_count, "max_vocab": cfg.max_vocab, "test_fraction": cfg.test_fraction,
+            "val_fraction": cfg.val_fraction, "seed": cfg.seed, "part_rows": cfg.part_rows}
+
+
+def digests(s: Sessions) -> np.ndarray:
+    """Per session: a uint64 hash of its (item, time) sequence and its label."""
+    h = pd.util.hash_array(s.items) ^ pd.util.hash_array(s.times)
+    h = h * np.uint64(0x9E3779B97F4A7C15) ** (np.arange(len(h), dtype=np.uint64) - np.repeat(
+        s.offsets[:-1], s.lengths).astype(np.uint64) + np.uint64(1))  # position-dependent
+    total = np.add.reduceat(h, s.offsets[:-1]) if len(h) else np.zeros(len(s), np.uint64)
+    total[s.lengths == 0] = 0
+    return total ^ s.labels.astype(np.uint64)
+
+
+def grow_vocab(previous: list[str], items: np.ndarray, min_count: int, max_size: int) -> list[str]:
+    """`previous` (or [PAD, OOV]) plus the items counted ≥ min_count that it lacks, by
+    descending count, ties by id; at most `max_size` entries."""
+    vocab = previous or [PAD, OOV]
+    codes, uniques = pd.factorize(items)
+    counts = np.bincount(codes, minlength=len(uniques))
+    uniques = uniques.astype(str)
+    new = (counts >= min_count) & (pd.Index(vocab).get_indexer(uniques) < 0)
+    order = np.lexsort((uniques[new], -counts[new]))
+    room = max(max_size - len(vocab), 0)
+    return vocab + uniques[new][order][:room].tolist()
+
+
+def gather(s: Sessions, rows: np.ndarray) -> np.ndarray:
+    """Event indices of sessions `rows`, concatenated in that order (vectorised)."""
+    lengths = s.lengths[rows]
+    starts = np.repeat(s.offsets[:-1][rows] - np.r_[0, np.cumsum(lengths)[:-1]], lengths)
+    return starts + np.arange(lengths.sum())
+
+
+def map_items(items: np.ndarray, spec: ItemMap | None) -> tuple[np.ndarray, int]:
+    """The token of every event's item under `spec` (unmapped ids stay), and how many were unmapped.
+
+    Raises:
+        PipelineError: the map file lacks the key or value column.
+    """
+    if spec is None:
+        return items, 0
+    try:
+        table = pacsv.read_csv(spec.path, parse_options=pacsv.ParseOptions(delimiter=spec.delimiter),
+                               convert_options=pacsv.ConvertOptions(
+                                   include_columns=[spec.key, spec.value],
+                                   column_types={spec.key: pa.string(), spec.value: pa.string()}))
+    except (pa.ArrowInvalid, KeyError) as e:
+        raise PipelineError(f"{spec.path}: cannot read columns {spec.key!r} and {spec.value!r} "
+                            f"({e}); fix data.clickstream.item_map") from None
+    pairs = table.drop_null().to_pandas().drop_duplicates(spec.key)  # the first line of a key wins
+    at = pd.Index(pairs[spec.key]).get_indexer(items)
+    mapped = pairs[spec.value].to_numpy(dtype=object)[np.maximum(at, 0)]
+    return np.where(at >= 0, mapped, items).astype(object), int((at < 0).sum())
+
+
+def session_table(s: Sessions, rows: np.ndarray, token_ids: np.ndarray) -> pa.Table:
+    """The Parquet rows of sessions `rows`."""
+    ev = gather(s, rows)
+    offsets = pa.array(np.r_[0, np.cumsum(s.lengths[rows])].astype(np.int32))
+    return pa.table({
+        "id": pa.array(s.ids[rows].astype(str)),
+        "label": pa.array(s.labels[rows]),
+        "tokens": pa.ListArray.from_arrays(offsets, pa.array(token_ids[ev].astype(np.int32))),
+        "length": pa.array(s.lengths[rows].astype(np.int32)),
+        "items": pa.ListArray.from_arrays(offsets, pa.array(s.items[ev].astype(str))),
+        "start_ms": pa.array(s.times[s.offsets[:-1][rows]]),
+    }, schema=SCHEMA)
+
+
+def page_embeddings(s: Sessions, tokens: np.ndarray, train: np.ndarray, vocab: list[str],
+                    cfg: DataConfig) -> np.ndarray:
+    """Word2Vec (skip-gram) on the train sessions' page sequences → (vocab, dim) float32.
+
+    Jia et al. initialise the page embedding from Word2Vec and fine-tune it in training.
+    Padding is 0, OOV the mean vector, a vocabulary page Word2Vec did not see a small
+    random vector.
+    """
+    from gensim.models import Word2Vec
+
+    c = cfg.clickstream
+    ev = gather(s, train)
+    seqs = np.split(tokens[ev].astype(str), np.cumsum(s.lengths[train])[:-1])
+    model = Word2Vec([q.tolist() for q in seqs], vector_size=c.embedding_dim, window=c.embedding_window,
+                     min_count=1, sg=1, epochs=c.embedding_epochs, workers=c.embedding_workers,
+                     seed=cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    out = rng.normal(0, 0.1, (len(vocab), c.embedding_dim)).astype(np.float32)
+    where = model.wv.get_indexer(vocab) if hasattr(model.wv, "get_indexer") else np.array(
+        [model.wv.key_to_index.get(v, -1) for v in vocab])
+    out[where >= 0] = model.wv.vectors[where[where >= 0]]
+    out[1] = model.wv.vectors.mean(0) if len(model.wv) else 0
+    out[0] = 0
+    return out
+
+
+def _previous_state(output: str, manifest: dict[str, Any] | None, params: dict[str, Any]):
+    """(sessions state frame, vocab) of the previous build, if it was built with these params."""
+    if manifest is None or manifest.get("params") != params or "sessions.parquet" not in manifest.get(
+            "side_files", {}):
+        return None, []
+    state = pq.read_table(io.BytesIO(read_side_file(output, "sessions.parquet", manifest))).to_pandas()
+    return state, json.loads(read_side_file(output, "vocab.json", manifest))
+
+
+def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = None) -> Summary:
+    """Build, extend or confirm up to date the clickstream dataset at `output`.
+
+    Raises:
+        PipelineError: no event files, a file lacks a mapped column, no session survives.
+        ShardError: the output folder cannot be written.
+    """
+    from advorch.pipelines.cluster import dask_client
+
+    c, output = cfg.clickstream, output or cfg.output
+    if not c.events:
+        raise PipelineError("data.clickstream.events is empty: list the event files or patterns")
+    if c.columns.session is None and (c.columns.user is None or c.gap_minutes <= 0):
+        raise PipelineError("data.clickstream.columns.session is unset: then set columns.user and "
+                            "gap_minutes > 0 to cut each user's events into sessions")
+    if c.conversion_event and not c.columns.event:
+        raise PipelineError("data.clickstream.conversion_event needs columns.event (the event type column)")
+    event_files = expand(c.events, "data.clickstream.events")
+    purchase_files = expand(c.purchases, "data.clickstream.purchases") if c.purchases else []
+    quarantine = Quarantine()
+    files = []
+    for path in event_files + purchase_files:
+        if file_fingerprint(path)["size"] == 0:
+            quarantine.add(path, "empty file")
+        else:
+            files.append(path)
+    previous = read_manifest(output)
+    known = {s["path"]: s for s in (previous or {}).get("sources", [])}
+    map_file = [c.item_map.path] if c.item_map else []
+    sources = [file_fingerprint(p, known.get(p)) for p in event_files + purchase_files + map_file]
+    params = _params(cfg)
+    if sources_unchanged(previous, sources, params):
+        return Summary(output, True, previous["rows"], previous["quarantine"]["count"],
+                       {k: v["rows"] for k, v in previous["splits"].items()}, previous)
+
+    cols = c.columns
+    wanted = [x for x in dict.fromkeys([cols.session or cols.user, cols.time, cols.item, cols.event]) if x]
+    read = dict(declared_format=c.format, delimiter=c.delimiter, null_values=c.null_values)
+    ev_paths = [p for p in event_files if p in files]
+    pu_paths = [p for p in purchase_files if p in files]
+    if not ev_paths:
+        raise PipelineError(f"every event file is empty: {', '.join(event_files)}")
+    writer = DatasetWriter(output, kind="clickstream")
+    try:
+        with dask_client(dask_address) as client:
+            events = read_files(ev_paths, wanted, client=client, quarantine=quarantine,
+                                what="data.clickstream.columns", **read)
+            purchases = None
+            if pu_paths:
+                pc_ = c.purchase_columns
+                p = read_files(pu_paths, list(dict.fromkeys([pc_.session, pc_.time])), client=client,
+                               quarantine=quarantine, what="data.clickstream.purchase_columns", **read)
+                purchases = pa.table({"session": p.column(pc_.session), "time": p.column(pc_.time),
+                                      "line": p.column("line"),
+                                      "source": pa.compute.add(p.column("source"), len(ev_paths))})
+            s = sessionise(events, purchases, c, ev_paths + pu_paths, quarantine)
+            if len(s) == 0:
+                raise PipelineError(f"no session survived ({len(quarantine)} rows or sessions "
+                                    f"quarantined, {quarantine.by_reason()}); see the reasons in a "
+                                    "dry run's quarantine or lower data.clickstream.min_length")
+            manifest, stats = _write(s, cfg, output, writer, client, params, sources, quarantine, previous)
+    except BaseException:
+        writer.abort()
+        raise
+    return Summary(output, False, manifest["rows"], len(quarantine),
+                   {k: v["rows"] for k, v in manifest["splits"].items()}, manifest)
+
+
+def _write(s: Sessions, cfg: DataConfig, output: str, writer: DatasetWriter, client: Any,
+           params: dict[str, Any], sources: list[dict[str, Any]], quarantine: Quarantine,
+           previous: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split, vocabulary, embeddings, parts (reusing unchanged ones), state and manifest."""
+    state, old_vocab = _previous_state(output, previous, params)
+    digest = digests(s)
+    split = np.empty(len(s), dtype=object)
+    if state is not None:
+        at = pd.Index(state["id"]).get_indexer(s.ids.astype(str))
+        split[at >= 0] = state["split"].to_numpy()[at[at >= 0]]
+    new = split == None  # noqa: E711 (elementwise)
+    if new.any():
+        split[new] = stratified_split(s.labels[new], cfg.test_fraction, cfg.val_fraction,
+                                      cfg.seed + (0 if state is None else len(state)))
+    session_of = s.session_of_event()
+    train = np.flatnonzero(split == "train")
+    tokens, unmapped = map_items(s.items, cfg.clickstream.item_map)
+    vocab = grow_vocab(old_vocab, tokens[split[session_of] == "train"], cfg.min_count, cfg.max_vocab)
+    ids_of = pd.Index(vocab).get_indexer(tokens.astype(str))
+    token_ids = np.where(ids_of < 0, 1, ids_of)
+
+    # which old parts stay: all their sessions present, unchanged, with no page that just got an id
+    old_part = np.full(len(s), "", dtype=object)
+    keep_parts: dict[str, dict[str, Any]] = {}
+    if state is not None:
+        old_part[at >= 0] = state["part"].to_numpy()[at[at >= 0]]
+        newly = np.arange(len(vocab)) >= len(old_vocab)
+        gained = np.bincount(session_of, weights=(ids_of >= 0) & newly[np.maximum(ids_of, 0)],
+                             minlength=len(s)) > 0
+        now = pd.Index(s.ids.astype(str)).get_indexer(state["id"])  # -1: session gone
+        here = np.maximum(now, 0)
+        bad = (now < 0) | (digest[here] != state["digest"].to_numpy()) | gained[here]
+        rows_of = {p["path"]: p["rows"] for sp in previous["splits"].values() for p in sp["parts"]}
+        parts = state["part"].to_numpy()
+        for part in sorted(set(parts) - set(parts[bad])):
+            keep_parts[part] = {"keep": part, "rows": rows_of[part]}
+    written = ~np.isin(old_part, list(keep_parts))
+    part_of = np.where(written, None, old_part)
+
+    rng = np.random.default_rng(cfg.seed + 1)
+    splits: dict[str, dict[str, Any]] = {}
+    jobs = []
+    for name in SPLITS:
+        members = np.flatnonzero(split == name)
+        kept = sorted(set(old_part[members[~written[members]]]))
+        splits[name] = {"parts": [keep_parts[p] for p in kept],
+                        "classes": {c: int((s.labels[members] == i).sum()) for i, c in enumerate(CLASSES)}}
+        todo = rng.permutation(members[written[members]])  # shuffled: a worker's slice mixes classes
+        for index, start in enumerate(range(0, len(todo), cfg.part_rows)):
+            chunk = todo[start:start + cfg.part_rows]
+            part_of[chunk] = f"parts/{writer.part_name(name, index)}"
+            jobs.append((name, index, client.submit(write_part, writer.part_uri(name, index),
+                                                    session_table(s, chunk, token_ids), pure=False)))
+    for name, index, fut in track(jobs, "writing parts", total=len(jobs)):
+        splits[name]["parts"].append({"index": index, "rows": fut.result()})
+
+    writer.write_side_file("vocab.json", json.dumps(vocab).encode())
+    if cfg.clickstream.embedding_dim:
+        buf = io.BytesIO()
+        np.save(buf, page_embeddings(s, tokens, train, vocab, cfg))
+        writer.write_side_file("embeddings.npy", buf.getvalue())
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"id": s.ids.astype(str), "digest": digest, "split": split.astype(str),
+                             "part": part_of.astype(str), "label": s.labels}), buf)
+    writer.write_side_file("sessions.parquet", buf.getvalue())
+
+    stats = dict(s.stats)
+    stats |= {"sessions_new": int(new.sum()), "sessions_written": int(written.sum()),
+              "events_per_session_mean": float(s.lengths.mean()), "events_unmapped": unmapped,
+              "parts_kept": len(keep_parts), "parts_written": len(jobs)}
+    manifest = writer.commit(
+        splits=splits, schema=SCHEMA, sources=sources, quarantine=quarantine, params=params,
+        classes=CLASSES, shapes={"tokens": [None], "label": []},
+        extra={"vocab_size": len(vocab), "embedding_dim": cfg.clickstream.embedding_dim,
+               "class_counts": {cls: int((s.labels == i).sum()) for i, cls in enumerate(CLASSES)},
+               "clickstream": stats})
+    return manifest, stats
