@@ -10,11 +10,14 @@ from distributed import Client, LocalCluster
 
 
 @contextmanager
-def dask_client(address: str | None = None, workers: int | None = None) -> Iterator[Client]:
+def dask_client(address: str | None = None, workers: int | None = None,
+                processes: bool = True) -> Iterator[Client]:
     """A Dask client on `address` (or $DASK_SCHEDULER_ADDRESS), else on a local cluster.
 
-    The local cluster uses processes, one thread each: tokenising and decoding are
-    pure Python and would serialise on the GIL in threads.
+    The local cluster uses processes, one thread each, by default: tokenising and decoding
+    are pure Python and would serialise on the GIL in threads. `processes=False` (threads in
+    this process) suits work that runs in C++ and releases the GIL, such as pyarrow's CSV
+    reader: its results then need no copy back to the driver.
     """
     address = address or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if address:
@@ -27,7 +30,7 @@ def dask_client(address: str | None = None, workers: int | None = None) -> Itera
     # the same process (`advorch demo`) would inherit them and train ~1.9x slower.
     saved = dict(os.environ)
     try:
-        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+        with LocalCluster(n_workers=n, threads_per_worker=1, processes=processes,
                           dashboard_address=":0", silence_logs=40) as cluster, Client(cluster) as client:
             yield client
     finally:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 PAD, OOV = "<pad>", "<unk>"
+SPLITS = ("train", "val", "test")
 
 
 class PipelineError(RuntimeError):
@@ -37,7 +38,13 @@ def build_vocab(token_lists: Iterable[list[str]], min_count: int, max_size: int)
 
 def stratified_split(labels: np.ndarray, test_fraction: float, val_fraction: float,
                      seed: int) -> np.ndarray:
-    """Split name per row, stratified by class and seeded.
+    """Split name per row, stratified by class and seeded (see `stratified_codes`)."""
+    return np.array(SPLITS, dtype=object)[stratified_codes(labels, test_fraction, val_fraction, seed)]
+
+
+def stratified_codes(labels: np.ndarray, test_fraction: float, val_fraction: float,
+                     seed: int) -> np.ndarray:
+    """Split per row as an index into SPLITS (0 train, 1 val, 2 test), stratified by class, seeded.
 
     Each class gives `test_fraction` of its rows to test and `val_fraction` of the rest
     to val. Per-class counts are floored and the leftover rows go to the classes with
@@ -55,10 +62,10 @@ def stratified_split(labels: np.ndarray, test_fraction: float, val_fraction: flo
 
     n_test = allocate(sizes, test_fraction)
     n_val = allocate(sizes - n_test, val_fraction)
-    split = np.full(len(labels), "train", dtype=object)
+    split = np.zeros(len(labels), np.int8)
     rng = np.random.default_rng(seed)
     for c, t, v in zip(classes, n_test, n_val, strict=True):
         idx = rng.permutation(np.flatnonzero(labels == c))
-        split[idx[:t]] = "test"
-        split[idx[t:t + v]] = "val"
+        split[idx[:t]] = 2
+        split[idx[t:t + v]] = 1
     return split

@@ -27,7 +27,7 @@ from advorch.pipelines.common import PipelineError
 from advorch.pipelines.shards import Quarantine
 from advorch.progress import track
 
-BLOCK_SIZE = 64 * 2**20
+BLOCK_SIZE = 8 * 2**20  # small blocks keep both workers busy and results flowing
 
 
 def expand(patterns: list[str], what: str) -> list[str]:
@@ -66,10 +66,11 @@ def header(path: str, delimiter: str) -> list[str]:
 
 
 def parse_csv_block(block: bytes, names: list[str], wanted: list[str], delimiter: str,
-                    first_block: bool, null_values: list[str]) -> dict[str, Any]:
+                    first_block: bool, null_values: list[str], categorical: list[str]) -> dict[str, Any]:
     """One block of a delimited file → {"table", "lines", "bad": [(line, reason, raw)]}.
 
     Line numbers are block-local and 1-based (the header, in the first block, is line 1).
+    `categorical` columns come dictionary-encoded (ids repeat: smaller to ship, cheaper to group).
     """
     bad: list[tuple[int, str, str]] = []
 
@@ -84,20 +85,34 @@ def parse_csv_block(block: bytes, names: list[str], wanted: list[str], delimiter
                                        use_threads=False),
         parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=invalid,
                                          ignore_empty_lines=False),
-        convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in wanted},
+        convert_options=pacsv.ConvertOptions(column_types={c: pa.dictionary(pa.int32(), pa.string())
+                                                           if c in categorical else pa.string()
+                                                           for c in wanted},
                                              include_columns=wanted, null_values=null_values,
                                              strings_can_be_null=True))
     lines = block.count(b"\n") + (0 if block.endswith(b"\n") or not block else 1)
     first = 2 if first_block else 1
-    kept = np.setdiff1d(np.arange(first, lines + 1), np.array([b[0] for b in bad], dtype=np.int64))
+    keep = np.ones(lines + 1, bool)  # keep[n]: line n holds a parsed row
+    keep[:first] = False
+    keep[[b[0] for b in bad]] = False
+    kept = np.flatnonzero(keep)
     if len(kept) != table.num_rows:  # quoted newlines inside values: count records instead
         kept = np.arange(first, first + table.num_rows)
     return {"table": table.append_column("line", pa.array(kept, pa.int64())), "lines": lines, "bad": bad}
 
 
-def parse_jsonl_block(block: bytes, wanted: list[str]) -> dict[str, Any]:
+def parse_jsonl_block(block: bytes, wanted: list[str], categorical: list[str]) -> dict[str, Any]:
     """One block of a JSON-lines file → {"table", "lines", "bad"}; the fast reader first, line
     by line only when a line is broken (to name it)."""
+    part = _parse_jsonl(block, wanted)
+    t = part["table"]
+    for c in categorical:
+        if c in wanted:
+            t = t.set_column(t.column_names.index(c), c, t.column(c).dictionary_encode())
+    return {**part, "table": t}
+
+
+def _parse_jsonl(block: bytes, wanted: list[str]) -> dict[str, Any]:
     lines = block.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
@@ -127,7 +142,8 @@ def parse_jsonl_block(block: bytes, wanted: list[str]) -> dict[str, Any]:
 
 
 def read_files(paths: list[str], wanted: list[str], *, declared_format: str, delimiter: str | None,
-               null_values: list[str], client: Any, quarantine: Quarantine, what: str) -> pa.Table:
+               null_values: list[str], client: Any, quarantine: Quarantine, what: str,
+               categorical: list[str | None]) -> pa.Table:
     """Every file's mapped columns as one table with `source` (index into `paths`) and `line`.
 
     Raises:
@@ -143,7 +159,7 @@ def read_files(paths: list[str], wanted: list[str], *, declared_format: str, del
         _, [blocks] = read_bytes(path, delimiter=b"\n", blocksize=None if gz else BLOCK_SIZE,
                                  sample=False, compression="gzip" if gz else None)
         if fmt == "jsonl":
-            jobs += [(index, delayed(parse_jsonl_block)(b, wanted)) for b in blocks]
+            jobs += [(index, delayed(parse_jsonl_block)(b, wanted, categorical)) for b in blocks]
             continue
         sep = "\t" if fmt == "tsv" else (delimiter or ",")
         names = header(path, sep)
@@ -153,7 +169,7 @@ def read_files(paths: list[str], wanted: list[str], *, declared_format: str, del
                 f"{path}: no column {', '.join(map(repr, missing))} in its header "
                 f"(it has {', '.join(map(repr, names))}); map the right names in {what} "
                 f"or set data.clickstream.delimiter (read with {sep!r})")
-        jobs += [(index, delayed(parse_csv_block)(b, names, wanted, sep, i == 0, null_values))
+        jobs += [(index, delayed(parse_csv_block)(b, names, wanted, sep, i == 0, null_values, categorical))
                  for i, b in enumerate(blocks)]
     futures = client.compute([j for _, j in jobs])
     tables, offsets = [], [0] * len(paths)
@@ -167,6 +183,6 @@ def read_files(paths: list[str], wanted: list[str], *, declared_format: str, del
         tables.append(t.append_column("source", pa.array(np.full(t.num_rows, index, np.int32))))
         offsets[index] += part["lines"]
     if not tables:
-        return pa.schema([*((c, pa.string()) for c in wanted), ("line", pa.int64()),
-                          ("source", pa.int32())]).empty_table()
+        return pa.schema([*((c, pa.dictionary(pa.int32(), pa.string()) if c in categorical else pa.string())
+                            for c in wanted), ("line", pa.int64()), ("source", pa.int32())]).empty_table()
     return pa.concat_tables(tables)

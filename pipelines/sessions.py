@@ -34,12 +34,17 @@ NEVER = np.iinfo(np.int64).max
 
 @dataclass
 class Sessions:
-    """n sessions in CSR form: events of session i are items[offsets[i]:offsets[i+1]], in time order."""
+    """n sessions in CSR form: the events of session i are offsets[i]:offsets[i+1], in time order.
 
-    ids: np.ndarray  # (n,) object: session id (with ":k" for the k-th gap-split piece)
+    Pages are integer codes into `item_names` (strings are touched once per distinct page,
+    never once per event).
+    """
+
+    ids: pa.Array  # (n,) string: session id (with ":k" for the k-th gap-split piece)
     labels: np.ndarray  # (n,) int32: 1 = converted
     offsets: np.ndarray  # (n + 1,) int64
-    items: np.ndarray  # (events,) object: page / item ids
+    item_codes: np.ndarray  # (events,) int32 into item_names
+    item_names: pa.Array  # (distinct pages,) string
     times: np.ndarray  # (events,) int64 milliseconds
     stats: dict[str, Any] = field(default_factory=dict)
 
@@ -52,6 +57,16 @@ class Sessions:
 
     def session_of_event(self) -> np.ndarray:
         return np.repeat(np.arange(len(self)), self.lengths)
+
+
+def codes(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """(int32 codes, -1 for null; the distinct values) of a string or dictionary column."""
+    if isinstance(column, pa.ChunkedArray):
+        column = pa.table({"c": column}).unify_dictionaries().column("c").combine_chunks() \
+            if pa.types.is_dictionary(column.type) else column.combine_chunks()
+    if not pa.types.is_dictionary(column.type):
+        column = column.dictionary_encode()
+    return pc.fill_null(column.indices, -1).to_numpy(zero_copy_only=False).astype(np.int32), column.dictionary
 
 
 def parse_time(values: pa.ChunkedArray | pa.Array, unit: str) -> np.ndarray:
@@ -80,10 +95,6 @@ def parse_time(values: pa.ChunkedArray | pa.Array, unit: str) -> np.ndarray:
     return np.where(ok, ms, NEVER)
 
 
-def _strings(table: pa.Table, column: str | None) -> np.ndarray | None:
-    return None if column is None else table.column(column).to_numpy(zero_copy_only=False)
-
-
 def _reject(quarantine: Quarantine, sources: list[str], table: pa.Table, bad: np.ndarray,
             reason: str | Callable[[dict[str, Any]], str], columns: list[str]) -> None:
     """Quarantine the rows of `table` where `bad` holds, each with its file, line and values."""
@@ -102,14 +113,15 @@ def sessionise(events: pa.Table, purchases: pa.Table | None, cfg: ClickstreamCon
     col = cfg.columns
     key_col = col.session or col.user
     stats: dict[str, Any] = {"events_read": events.num_rows}
+    key, keys = codes(events.column(key_col))
+    item, item_names = codes(events.column(col.item))
+    event, event_names = codes(events.column(col.event)) if col.event else (None, None)
 
     # 1. rows without a key, item or time
     times = parse_time(events.column(col.time), cfg.time_unit)
-    all_null = np.ones(events.num_rows, bool)
-    for c in {key_col, col.item, col.time, col.event} - {None}:
-        all_null &= events.column(c).is_null().to_numpy(zero_copy_only=False)
-    missing_key = events.column(key_col).is_null().to_numpy(zero_copy_only=False) & ~all_null
-    missing_item = events.column(col.item).is_null().to_numpy(zero_copy_only=False) & ~all_null & ~missing_key
+    all_null = (key < 0) & (item < 0) & events.column(col.time).is_null().to_numpy(zero_copy_only=False)
+    missing_key = (key < 0) & ~all_null
+    missing_item = (item < 0) & ~all_null & ~missing_key
     bad_time = (times == NEVER) & ~all_null & ~missing_key & ~missing_item
     shown = [c for c in dict.fromkeys([key_col, col.item, col.time]) if c]
     _reject(quarantine, sources, events, all_null, "empty line", shown)
@@ -121,70 +133,82 @@ def sessionise(events: pa.Table, purchases: pa.Table | None, cfg: ClickstreamCon
     keep = ~(all_null | missing_key | missing_item | bad_time)
 
     # 2. conversions given as events leave the sequence and become purchases
-    conv_key = conv_time = None
+    is_conv = np.zeros(events.num_rows, bool)
     if cfg.conversion_event is not None:
-        is_conv = keep & (_strings(events, col.event) == cfg.conversion_event)
-        conv_key, conv_time = _strings(events, key_col)[is_conv], times[is_conv]
+        is_conv = keep & (event == pc.index(event_names, cfg.conversion_event).as_py())
         keep &= ~is_conv
 
-    # 3. exact duplicates
-    frame = pd.DataFrame({"k": _strings(events, key_col), "i": _strings(events, col.item), "t": times})
-    if col.event:
-        frame["e"] = _strings(events, col.event)
-    dup = keep & frame.duplicated(keep="first").to_numpy() if len(frame) else keep & False
-    _reject(quarantine, sources, events, dup, "duplicate event: same session, item, time and type "
-            "as an earlier line", shown)
-    keep &= ~dup
-    stats["events_duplicate"] = int(dup.sum())
-
+    # 4. order by (key, time); rows are in file order already, so a stable sort keeps ties so
     idx = np.flatnonzero(keep)
-    codes, keys = pd.factorize(frame["k"].to_numpy()[idx])
-    t = times[idx]
-    order = np.lexsort((events.column("line").to_numpy()[idx], events.column("source").to_numpy()[idx],
-                        t, codes))
-    idx, codes, t = idx[order], codes[order], t[order]
-    items = frame["i"].to_numpy()[idx]
+    k, t = key[idx].astype(np.int64), times[idx]
+    span = int(t.max() - t.min()) + 1 if len(t) else 1
+    if len(keys) * span < 2**62:  # one int64 sort key: much faster than lexsort
+        order = np.argsort(k * span + (t - (t.min() if len(t) else 0)), kind="stable")
+    else:
+        order = np.lexsort((t, k))
+    idx, k, t = idx[order], k[order], t[order]
 
-    # 4. sessions: runs of one key, cut at idle gaps
+    # 3. exact duplicates: same key and time (adjacent now), same item and type
+    same = np.zeros(len(idx), bool)
+    same[1:] = (k[1:] == k[:-1]) & (t[1:] == t[:-1])
+    dup = np.zeros(len(idx), bool)
+    if same.any():  # few rows share a key and a time: compare those with pandas
+        tied = np.flatnonzero(same | np.r_[same[1:], False])
+        frame = pd.DataFrame({"k": k[tied], "t": t[tied], "i": item[idx[tied]],
+                              "e": event[idx[tied]] if event is not None else 0})
+        dup[tied] = frame.duplicated(keep="first").to_numpy()
+    bad = np.zeros(events.num_rows, bool)
+    bad[idx[dup]] = True
+    _reject(quarantine, sources, events, bad, "duplicate event: same session, item, time and type "
+            "as an earlier line", shown)
+    stats["events_duplicate"] = int(dup.sum())
+    idx, k, t = idx[~dup], k[~dup], t[~dup]
+
+    # 4. (cont.) sessions: runs of one key, cut at idle gaps
     start = np.ones(len(idx), bool)
-    start[1:] = codes[1:] != codes[:-1]
+    start[1:] = k[1:] != k[:-1]
     if cfg.gap_minutes > 0:
         start[1:] |= (t[1:] - t[:-1]) > cfg.gap_minutes * 60_000
     session = np.cumsum(start) - 1
     first = np.flatnonzero(start)
-    key_of = codes[first]
-    piece = np.arange(len(first)) - np.maximum.accumulate(
-        np.where(np.r_[True, key_of[1:] != key_of[:-1]], np.arange(len(first)), 0))
-    ids = np.asarray(keys, dtype=object)[key_of]
+    key_of = k[first]
+    new_key = np.r_[True, key_of[1:] != key_of[:-1]]
+    piece = np.arange(len(first)) - np.maximum.accumulate(np.where(new_key, np.arange(len(first)), 0))
+    ids = keys.take(pa.array(key_of))
     if (piece > 0).any():
-        ids = np.where(piece > 0, ids.astype(str) + ":" + piece.astype(str), ids).astype(object)
+        ids = pc.if_else(pa.array(piece > 0), pc.binary_join_element_wise(
+            ids.cast(pa.string()), pa.array(piece.astype(str)), ":"), ids.cast(pa.string()))
+    ids = ids.cast(pa.string())
 
-    # 2. (cont.) first purchase time per session
-    if purchases is not None:
+    # 2. (cont.) first purchase time per session; a key with no event left has no session
+    has_piece = np.zeros(len(keys), bool)
+    has_piece[key_of] = True
+    if purchases is None:
+        conv_code, conv_t = key[is_conv].astype(np.int64), times[is_conv]
+        lost = np.zeros(events.num_rows, bool)
+        lost[is_conv] = ~has_piece[conv_code]
+        _reject(quarantine, sources, events, lost, "no events before the purchase", shown)
+        conv_code, conv_t = conv_code[has_piece[conv_code]], conv_t[has_piece[conv_code]]
+    else:
         pt = parse_time(purchases.column("time"), cfg.time_unit)
-        pk = purchases.column("session").to_numpy(zero_copy_only=False)
+        known = pc.fill_null(pc.index_in(purchases.column("session").cast(keys.type), value_set=keys), -1)
+        known = known.to_numpy(zero_copy_only=False).astype(np.int64)
+        known[known >= 0] = np.where(has_piece[known[known >= 0]], known[known >= 0], -1)
         _reject(quarantine, sources, purchases, pt == NEVER,
                 lambda r: f"unparseable purchase timestamp: {r['time']!r} with "
                           f"data.clickstream.time_unit {cfg.time_unit!r}", ["session", "time"])
-        known = pd.Index(keys).get_indexer(pk)
         unknown = (known < 0) & (pt != NEVER)
         _reject(quarantine, sources, purchases, unknown,
-                lambda r: f"purchase of an unknown session: {r['session']!r} has no events",
+                lambda r: f"purchase of an unknown session: {r['session']!r} has no (usable) events",
                 ["session", "time"])
-        stats |= {"purchase_rows": purchases.num_rows, "purchase_rows_matched": int(((known >= 0)
-                  & (pt != NEVER)).sum()), "purchase_rows_unknown_session": int(unknown.sum())}
         ok = (known >= 0) & (pt != NEVER)
+        stats |= {"purchase_rows": purchases.num_rows, "purchase_rows_matched": int(ok.sum()),
+                  "purchase_rows_unknown_session": int(unknown.sum())}
         conv_code, conv_t = known[ok], pt[ok]
-    elif conv_key is not None:
-        conv_code = pd.Index(keys).get_indexer(conv_key)
-        conv_t = conv_time[conv_code >= 0]
-        conv_code = conv_code[conv_code >= 0]
-    else:
-        conv_code, conv_t = np.empty(0, np.int64), np.empty(0, np.int64)
     bought = np.full(len(first), NEVER, np.int64)
     if len(conv_code):
         target = (_piece_at(key_of, t[first], conv_code, conv_t) if cfg.gap_minutes > 0
-                  else conv_code)  # one piece per key, numbered as the keys
+                  else np.searchsorted(key_of, conv_code))  # one piece per key
         np.minimum.at(bought, target, conv_t)
 
     # 5. leakage guard (events are time-ordered, so the kept ones are a prefix), 6. lengths
@@ -193,12 +217,13 @@ def sessionise(events: pa.Table, purchases: pa.Table | None, cfg: ClickstreamCon
     n_before = np.bincount(session[before], minlength=len(first))
     too_short = n_before < cfg.min_length
     src, line = events.column("source").to_numpy(), events.column("line").to_numpy()
-    for i in np.flatnonzero(too_short):
+    short_ids = ids.filter(pa.array(too_short)).to_pylist()
+    for i, sid in zip(np.flatnonzero(too_short), short_ids, strict=True):
         reason = ("no events before the purchase" if n_before[i] == 0 else
                   f"session too short: {n_before[i]} event(s), data.clickstream.min_length is "
                   f"{cfg.min_length}")
         e = idx[first[i]]
-        quarantine.add(sources[src[e]], reason, line=int(line[e]), raw={"session": str(ids[i])})
+        quarantine.add(sources[src[e]], reason, line=int(line[e]), raw={"session": sid})
     stats["sessions_too_short"] = int(too_short.sum())
     pos = np.arange(len(session)) - first[session]
     n = np.where(too_short, 0, n_before)[session]
@@ -208,8 +233,9 @@ def sessionise(events: pa.Table, purchases: pa.Table | None, cfg: ClickstreamCon
     lengths = np.bincount(session[kept], minlength=len(first))[sessions]
     stats |= {"sessions": int(len(sessions)), "converted": int((bought[sessions] != NEVER).sum()),
               "events": int(kept.sum())}
-    return Sessions(ids[sessions], (bought[sessions] != NEVER).astype(np.int32),
-                    np.r_[0, np.cumsum(lengths)].astype(np.int64), items[kept], t[kept], stats)
+    return Sessions(ids.take(pa.array(sessions)), (bought[sessions] != NEVER).astype(np.int32),
+                    np.r_[0, np.cumsum(lengths)].astype(np.int64), item[idx[kept]], item_names,
+                    t[kept], stats)
 
 
 def _piece_at(key_of: np.ndarray, starts: np.ndarray, key: np.ndarray, when: np.ndarray) -> np.ndarray:
