@@ -85,7 +85,8 @@ def digi_config(output: Path, *overrides: str):
 
     return load_config(ROOT / "configs" / "diginetica.toml", [
         f'data.output="{output}"', f'data.clickstream.events=["{VIEWS}"]',
-        f'data.clickstream.purchases=["{PURCHASES}"]', *overrides])
+        f'data.clickstream.purchases=["{PURCHASES}"]',
+        f'data.clickstream.item_map.path="{DIGI / "product-categories.csv"}"', *overrides])
 
 
 @pytest.fixture(scope="session")

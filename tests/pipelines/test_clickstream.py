@@ -28,6 +28,12 @@ from tests.conftest import DIGI, PURCHASES, VIEWS, digi_config
 SPLITS = ("train", "val", "test")
 
 
+def category() -> dict[str, str]:
+    """Page → product category, as configs/diginetica.toml maps them (read independently)."""
+    cats = pd.read_csv(DIGI / "product-categories.csv", sep=";", dtype=str)
+    return cats.drop_duplicates("itemId").set_index("itemId")["categoryId"].to_dict()
+
+
 def rows(root: Path) -> pd.DataFrame:
     """Every session of every split, with its split."""
     m = read_manifest(str(root))
@@ -80,15 +86,18 @@ def test_vocabulary_and_page_embeddings(digi_shards: Path) -> None:
     assert emb.shape == (len(vocab), 120) and emb.dtype == np.float32
     assert not emb[0].any()  # padding
     df = rows(digi_shards)
-    train_items = {i for items in df.loc[df["split"] == "train", "items"] for i in items}
-    assert set(vocab[2:]) == train_items  # min_count 1: every train page, nothing else
+    cat = category()
+    df["cats"] = df["items"].map(lambda items: [cat.get(i, i) for i in items])
+    train_cats = {c for cats in df.loc[df["split"] == "train", "cats"] for c in cats}
+    assert set(vocab[2:]) == train_cats  # min_count 1: the category of every train page, nothing else
     index = {t: i for i, t in enumerate(vocab)}
-    for items, tokens in zip(df["items"], df["tokens"], strict=True):
-        assert list(tokens) == [index.get(i, 1) for i in items]
-    # Word2Vec learnt something: pages that co-occur in train sessions are closer than random pairs
+    for cats, tokens in zip(df["cats"], df["tokens"], strict=True):
+        assert list(tokens) == [index.get(c, 1) for c in cats]
+    # Word2Vec learnt something: tokens that follow each other in train sessions are closer than
+    # random pairs
     unit = emb[2:] / np.linalg.norm(emb[2:], axis=1, keepdims=True)
-    pairs = [(index[a] - 2, index[b] - 2) for items in df.loc[df["split"] == "train", "items"]
-             for a, b in zip(items[:-1], items[1:], strict=True) if a != b]
+    pairs = [(index[a] - 2, index[b] - 2) for cats in df.loc[df["split"] == "train", "cats"]
+             for a, b in zip(cats[:-1], cats[1:], strict=True) if a != b]
     together = np.mean([unit[a] @ unit[b] for a, b in pairs])
     rng = np.random.default_rng(0)
     random = np.mean([unit[a] @ unit[b] for a, b in rng.integers(0, len(unit), (2000, 2))])
@@ -148,10 +157,11 @@ def test_a_new_day_writes_only_what_is_new(tmp_path: Path, digi, dask_address: s
     # part, kept or written
     vocab = json.loads(read_side_file(str(out), "vocab.json"))
     assert vocab[:len(vocab0)] == vocab0
-    assert set(vocab[2:]) == {i for items in inc.loc[inc["split"] == "train", "items"] for i in items}
+    cat = category()
+    assert set(vocab[2:]) == {cat[i] for items in inc.loc[inc["split"] == "train", "items"] for i in items}
     index = {t: i for i, t in enumerate(vocab)}
-    assert all(list(t) == [index.get(i, 1) for i in items] for t, items in zip(inc["tokens"], inc["items"],
-                                                                              strict=True))
+    assert all(list(t) == [index.get(cat[i], 1) for i in items]
+               for t, items in zip(inc["tokens"], inc["items"], strict=True))
 
 
 # ---------------------------------------------------------------- bad input (generated)
@@ -257,19 +267,16 @@ def test_jsonl_gzip_user_gap_sessions_and_conversion_events(tmp_path: Path, dask
     assert "embeddings.npy" not in summary.manifest["side_files"]
 
 
-def test_item_map_turns_pages_into_categories(tmp_path: Path, digi, dask_address: str) -> None:
-    cfg = digi_config(tmp_path / "out", "data.clickstream.embedding_dim=0", 'data.clickstream.item_map='
-                      f'{{path="{DIGI / "product-categories.csv"}", key="itemId", value="categoryId", '
-                      'delimiter=";"}')
+def test_without_item_map_the_tokens_are_the_pages(tmp_path: Path, digi, dask_address: str) -> None:
+    cfg = digi_config(tmp_path / "out", "data.clickstream.embedding_dim=0")
+    cfg.data.clickstream.item_map = None
     summary = clickstream.run(cfg.data, dask_address=dask_address)
-    cats = pd.read_csv(DIGI / "product-categories.csv", sep=";", dtype=str).set_index("itemId")["categoryId"]
     vocab = json.loads(read_side_file(str(tmp_path / "out"), "vocab.json"))
     df = rows(tmp_path / "out")
-    train = df[df["split"] == "train"]
-    assert set(vocab[2:]) == {cats[i] for items in train["items"] for i in items}
-    assert summary.manifest["vocab_size"] < 500 and summary.manifest["clickstream"]["events_unmapped"] == 0
+    assert set(vocab[2:]) == {i for items in df.loc[df["split"] == "train", "items"] for i in items}
+    assert summary.manifest["vocab_size"] > 3000  # pages, not the 380 categories
     index = {t: i for i, t in enumerate(vocab)}
-    assert all(list(t) == [index.get(cats[i], 1) for i in items]
+    assert all(list(t) == [index.get(i, 1) for i in items]
                for t, items in zip(df["tokens"], df["items"], strict=True))
 
 
