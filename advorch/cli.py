@@ -84,7 +84,8 @@ def run_pipeline(cfg: ExperimentConfig, output: str | None, dask_address: str | 
         q = summary.manifest["quarantine"]
         out.print(f"[green]wrote[/] {escape(summary.output)}: {summary.rows} rows "
                   f"({', '.join(f'{k} {v}' for k, v in summary.splits.items())}), "
-                  f"vocabulary {summary.manifest.get('vocab_size')}, quarantined {q['count']}"
+                  + (f"vocabulary {summary.manifest['vocab_size']}, " if "vocab_size" in summary.manifest else "")
+                  + f"quarantined {q['count']}"
                   + (f" {q['by_reason']} → {escape(summary.output)}/{q['file']}" if q["count"] else ""),
                   soft_wrap=True)
     return summary
@@ -96,6 +97,17 @@ def preprocess_text(config: ConfigArg, output: Annotated[str | None, typer.Optio
                     dask_address: DaskOpt = None, set_: SetOpt = None) -> None:
     """Labelled line files (one per class) → tokenised Parquet shards + manifest."""
     run_pipeline(_load_kind(config, set_, "text"), output, dask_address)
+
+
+@preprocess_app.command("modis")
+def preprocess_modis(config: ConfigArg, output: Annotated[str | None, typer.Option(
+                         help="Dataset folder or URI (default: data.output).")] = None,
+                     dask_address: DaskOpt = None, set_: SetOpt = None) -> None:
+    """MODIS HDF4 granules / GeoTIFF stacks → QA-masked Zarr cubes; labelled samples → window
+    sequence shards."""
+    summary = run_pipeline(_load_kind(config, set_, "modis"), output, dask_address)
+    for name, cube in summary.manifest.get("cubes", {}).items():
+        out.print(f"cube {name}: {cube['dims']}, {cube['dates'][0]} … {cube['dates'][-1]}")
 
 
 def _load_kind(config: Path, overrides: list[str] | None, kind: str) -> ExperimentConfig:

@@ -79,10 +79,41 @@ class ClickstreamConfig(_Section):
     embedding_workers: int = Field(1, ge=1, description="1 keeps the embeddings deterministic")
 
 
+class SampleTable(_Section):
+    """Labelled point samples in long form: one row per sample and date, one column per band."""
+
+    path: str
+    id: str = "sample_id"
+    label: str = "label"
+    date: str = "date"
+    lon: str = "longitude"
+    lat: str = "latitude"
+    bands: list[str] = Field(default_factory=list, description="feature columns, in order")
+
+
+class ModisConfig(_Section):
+    """MODIS tiles → QA-masked time cube (Zarr) and labelled window sequences (Jia et al. §4.3)."""
+
+    granules: list[str] = Field(default_factory=list, description="HDF4-EOS files or glob patterns")
+    bands: list[str] = Field(default_factory=lambda: [f"sur_refl_b0{i}" for i in range(1, 8)])
+    state_layer: str = Field("sur_refl_state_500m", description="QA bits: cloud 0-1, shadow 2")
+    mask_clouds: bool = True
+    geotiffs: list[str] = Field(default_factory=list, description="single-band GeoTIFFs, one per date")
+    name_pattern: str = Field(r"(?P<year>\d{4})_(?P<doy>\d{3})",
+                              description="regex on a GeoTIFF's name: date as (?P<date>YYYY-MM-DD) or "
+                                          "(?P<year>)(?P<doy>); optional (?P<band>)")
+    scale: float = Field(1e-4, gt=0.0, description="applied to integer GeoTIFFs (float ones are scaled)")
+    composite_days: int = Field(8, ge=1, description="8 for MOD09A1, 16 for MOD13")
+    samples: SampleTable | None = None
+    window: int = Field(4, ge=1, description="composites per step (4 x 8 days = the paper's 32 days)")
+    stride: int = Field(1, ge=1, description="composites between steps")
+    ndvi: bool = Field(True, description="add NDVI from red and nir as a feature")
+
+
 class DataConfig(_Section):
     """Where the raw data is and how the pipeline turns it into shards."""
 
-    kind: Literal["text", "clickstream"] = "text"
+    kind: Literal["text", "clickstream", "modis"] = "text"
     sources: list[TextSource] = Field(default_factory=list)
     encoding: str = "utf-8"
     output: str = "data/dataset"
@@ -94,6 +125,7 @@ class DataConfig(_Section):
     part_rows: int = Field(4096, ge=1, description="rows per Parquet part")
     seed: int = 0
     clickstream: ClickstreamConfig = Field(default_factory=ClickstreamConfig)
+    modis: ModisConfig = Field(default_factory=ModisConfig)
 
 
 class ModelConfig(_Section):

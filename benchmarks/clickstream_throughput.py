@@ -100,10 +100,12 @@ def main() -> None:
         emb = Path(tmp) / "emb"
         emb.mkdir()
         small_v, small_b, n_small = build_input(emb, args.embedding_replicas)
-        measure("raw CSV → shards + Word2Vec 120-d", lambda: full(config(small_v, small_b, out, 120)), n_small)
+        measure("raw CSV → shards + Word2Vec 120-d", lambda: full(config(small_v, small_b, out, 120)),
+                n_small)
 
     notes = "\n".join([
-        "| step | events | seconds (median) | events/s (median) | runs |", "|---|---|---|---|---|", *lines, "",
+        "| step | events | seconds (median) | events/s (median) | runs |", "|---|---|---|---|---|",
+        *lines, "",
         f"- Input: the DIGINETICA sample replayed {args.replicas}× with shifted session ids "
         f"({n:,} events, {size:.0f} MiB of `;`-separated CSV); the Word2Vec row uses "
         f"{args.embedding_replicas}× ({n_small:,} events). Settings of configs/diginetica.toml, "

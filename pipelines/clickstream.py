@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -185,13 +186,6 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
         raise PipelineError("set data.clickstream.purchases or conversion_event, not both")
     event_files = expand(c.events, "data.clickstream.events")
     purchase_files = expand(c.purchases, "data.clickstream.purchases") if c.purchases else []
-    quarantine = Quarantine()
-    files = []
-    for path in event_files + purchase_files:
-        if file_fingerprint(path)["size"] == 0:
-            quarantine.add(path, "empty file")
-        else:
-            files.append(path)
     previous = read_manifest(output)
     known = {s["path"]: s for s in (previous or {}).get("sources", [])}
     map_file = [c.item_map.path] if c.item_map else []
@@ -200,6 +194,13 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
     if sources_unchanged(previous, sources, params):
         return Summary(output, True, previous["rows"], previous["quarantine"]["count"],
                        {k: v["rows"] for k, v in previous["splits"].items()}, previous)
+    quarantine = Quarantine()
+    files = []
+    for src in sources[:len(event_files) + len(purchase_files)]:
+        if src["size"] == 0:
+            quarantine.add(src["path"], "empty file")
+        else:
+            files.append(src["path"])
 
     cols = c.columns
     wanted = [x for x in dict.fromkeys([cols.session or cols.user, cols.time, cols.item, cols.event]) if x]
@@ -217,13 +218,13 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
                                                                               cols.item, cols.event], **read)
             purchases = None
             if pu_paths:
-                pc_ = c.purchase_columns
-                p = read_files(pu_paths, list(dict.fromkeys([pc_.session, pc_.time])), client=client,
+                pcols = c.purchase_columns
+                p = read_files(pu_paths, list(dict.fromkeys([pcols.session, pcols.time])), client=client,
                                quarantine=quarantine, what="data.clickstream.purchase_columns",
                                categorical=[], **read)
-                purchases = pa.table({"session": p.column(pc_.session), "time": p.column(pc_.time),
+                purchases = pa.table({"session": p.column(pcols.session), "time": p.column(pcols.time),
                                       "line": p.column("line"),
-                                      "source": pa.compute.add(p.column("source"), len(ev_paths))})
+                                      "source": pc.add(p.column("source"), len(ev_paths))})
         s = sessionise(events, purchases, c, ev_paths + pu_paths, quarantine)
         if len(s) == 0:
             first = quarantine.records[0] if len(quarantine) else {}

@@ -156,6 +156,14 @@ class DatasetWriter:
             f.write(data)
         self._side[name] = f"side/{final}"
 
+    def side_dir_uri(self, name: str) -> str:
+        """Stage a side folder (a Zarr store): write it at the returned URI; it is published,
+        like a side file, under a build-unique name."""
+        stem, dot, ext = name.rpartition(".")
+        final = f"{stem}-{self.build_id}.{ext}" if dot else f"{name}-{self.build_id}"
+        self._side[name] = f"side/{final}"
+        return f"{self._staging}/{final}"
+
     def commit(self, *, splits: dict[str, dict[str, Any]], schema: pa.Schema,
                sources: list[dict[str, Any]], quarantine: Quarantine, params: dict[str, Any],
                classes: list[str] | None = None, shapes: dict[str, Any] | None = None,
@@ -195,7 +203,7 @@ class DatasetWriter:
         if self._side:
             fs.makedirs(f"{root}/side", exist_ok=True)
         for final in self._side.values():
-            fs.mv(f"{self._staging}/{Path(final).name}", f"{root}/{final}")
+            fs.mv(f"{self._staging}/{Path(final).name}", f"{root}/{final}", recursive=True)
 
         manifest = {
             "format": FORMAT,
@@ -245,7 +253,7 @@ class DatasetWriter:
                 stale |= {f"{name}/{Path(sub).name}" for sub in fs.ls(entry, detail=False)} - keep
         for rel in stale:
             if fs.exists(f"{root}/{rel}"):
-                fs.rm(f"{root}/{rel}")
+                fs.rm(f"{root}/{rel}", recursive=True)  # a side entry can be a folder (Zarr)
 
 
 def listed_files(manifest: dict[str, Any]) -> set[str]:

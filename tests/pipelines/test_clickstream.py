@@ -207,7 +207,10 @@ def test_bad_rows_and_sessions_are_quarantined_and_the_run_goes_on(tmp_path: Pat
     ]) + "\n")
     purchases = tmp_path / "purchases.csv"
     purchases.write_text("sessionId;timeframe\n4;50\n6;350\n99;10\n6;never\n")
-    summary = clickstream.run(small_config(tmp_path, [events], [purchases]).data, dask_address=dask_address)
+    empty = tmp_path / "views-empty.csv"
+    empty.write_text("")
+    summary = clickstream.run(small_config(tmp_path, [events, empty], [purchases]).data,
+                              dask_address=dask_address)
     reasons = {(r["source"].rsplit("/", 1)[-1], r["line"], r["reason"].split(":")[0])
                for r in quarantine_records(tmp_path / "out")}
     assert reasons == {
@@ -215,13 +218,13 @@ def test_bad_rows_and_sessions_are_quarantined_and_the_run_goes_on(tmp_path: Pat
         ("views.csv", 6, "malformed row"), ("views.csv", 7, "empty line"),
         ("views.csv", 8, "session too short"), ("views.csv", 9, "no events before the purchase"),
         ("views.csv", 11, "missing item_id"), ("purchases.csv", 4, "purchase of an unknown session"),
-        ("purchases.csv", 5, "unparseable purchase timestamp"),
+        ("purchases.csv", 5, "unparseable purchase timestamp"), ("views-empty.csv", None, "empty file"),
     }
     df = rows(tmp_path / "out").set_index("id")
     assert sorted(df.index) == ["1", "6", "7"]
     assert list(df.loc["6", "items"]) == ["18", "17"] and df.loc["6", "label"] == 1
     assert summary.manifest["clickstream"]["events_after_purchase"] == 3  # 2 of session 4, 1 of 6
-    assert summary.quarantined == 9
+    assert summary.quarantined == 10
 
 
 def test_unknown_column_is_a_clear_error(tmp_path: Path, dask_address: str) -> None:

@@ -1,0 +1,290 @@
+"""MODIS tiles → QA-masked time cubes in Zarr, and labelled samples → window sequences
+(Jia et al. KDD'19 §4.3: MOD09A1, 32-day windows sliding by 8 days, 43 steps × 28 features).
+
+    granules (HDF4) ─ Dask: read + scale + QA masks ─► per tile: stack by date, fill date
+    gaps with empty composites, mask fill/cloud/shadow, gap-fill linearly along time
+    ─► side/cube-<tile>.zarr          (time, band, y, x), CRS + transform as attributes
+    GeoTIFFs (one per date/band) ─ Dask ─► side/cube-geotiff.zarr (time, band, y, x)
+    sample table (point, date, bands) ─► windows ─► parts/*.parquet (features (T·F), label)
+
+Gap filling: a masked observation (fill, cloud or shadow) is replaced by linear
+interpolation in time between the pixel's nearest valid observations, and by the nearest
+valid one before the first / after the last. The cube keeps both `reflectance` (masked,
+NaN where not valid) and `filled`; `valid` says which is which.
+
+Quarantined, with the file and the reason: unreadable or truncated HDF, a granule whose
+grid differs from its tile's, a missing band, a duplicate date; recorded as gaps: a
+composite missing from a tile's time series (the cube holds it as all-NaN, then filled);
+and pixels with no valid observation at all (left NaN in `filled`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from advorch import __version__
+from advorch.config import DataConfig, ModisConfig
+from advorch.pipelines.common import PipelineError, Summary
+from advorch.pipelines.events import expand
+from advorch.pipelines.rasters import RasterError, read_geotiff, read_hdf_granule
+from advorch.pipelines.shards import (
+    DatasetWriter,
+    Quarantine,
+    file_fingerprint,
+    read_manifest,
+    sources_unchanged,
+)
+from advorch.progress import track
+
+
+def _read_granule(path: str, bands: list[str], state: str) -> dict[str, Any]:
+    try:
+        return {"path": path, **read_hdf_granule(path, bands, state)}
+    except RasterError as e:
+        return {"path": path, "error": str(e)}
+
+
+def composite_dates(first: _dt.date, last: _dt.date, days: int) -> list[_dt.date]:
+    """The composite start dates between two dates: MODIS restarts each year on day 1
+    (8-day: days 1, 9, …, 361; 16-day: 1, 17, …, 353)."""
+    out = []
+    for year in range(first.year, last.year + 1):
+        start = _dt.date(year, 1, 1)
+        out += [d for k in range(0, 366, days)
+                if (d := start + _dt.timedelta(k)).year == year and first <= d <= last]
+    return out
+
+
+def gap_fill(values: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Linear interpolation of NaNs along `axis` (time), nearest valid value at the ends;
+    all-NaN series stay NaN. Vectorised over every other axis."""
+    v = np.moveaxis(values, axis, 0)
+    t, rest = v.shape[0], v.shape[1:]
+    flat = v.reshape(t, -1)
+    ok = ~np.isnan(flat)
+    idx = np.arange(t)[:, None]
+    # index of the previous / next valid step for every step (or -1 / t when none)
+    prev = np.maximum.accumulate(np.where(ok, idx, -1), axis=0)
+    nxt = np.flip(np.minimum.accumulate(np.flip(np.where(ok, idx, t), 0), axis=0), 0)
+    cols = np.arange(flat.shape[1])[None, :]
+    pv = flat[np.clip(prev, 0, t - 1), cols]
+    nv = flat[np.clip(nxt, 0, t - 1), cols]
+    has_p, has_n = prev >= 0, nxt < t
+    w = np.where(has_p & has_n & (nxt > prev), (idx - prev) / np.maximum(nxt - prev, 1), 0.0)
+    out = np.where(has_p & has_n, pv + w * (nv - pv), np.where(has_p, pv, nv))
+    out = np.where(ok, flat, out).astype(values.dtype)
+    return np.moveaxis(out.reshape(t, *rest), 0, axis)
+
+
+def tile_cube(granules: list[dict[str, Any]], cfg: ModisConfig, quarantine: Quarantine):
+    """One tile's granules → xarray Dataset (time, band, y, x); rejects what does not fit."""
+    import xarray as xr
+
+    common = Counter(g["grid"].key for g in granules).most_common(1)[0][0]
+    grid = next(g["grid"] for g in granules if g["grid"].key == common)
+    kept: dict[_dt.date, dict[str, Any]] = {}
+    for g in sorted(granules, key=lambda g: (g["date"], g["path"])):
+        if g["grid"].key != grid.key:
+            other = g["grid"]
+            quarantine.add(g["path"], f"grid differs: {other.name} {other.width}x{other.height} at "
+                                      f"{other.upper_left}, the tile's is {grid.name} {grid.width}x"
+                                      f"{grid.height} at {grid.upper_left}")
+        elif g["date"] in kept:
+            quarantine.add(g["path"], f"duplicate date: {g['date']} is also {kept[g['date']]['path']}")
+        else:
+            kept[g["date"]] = g
+    dates = composite_dates(min(kept), max(kept), cfg.composite_days)
+    tile = granules[0]["tile"]
+    for d in dates:
+        if d not in kept:
+            quarantine.add(tile, f"date gap: no composite for {d} (day {d.timetuple().tm_yday}); "
+                                 "held as missing and gap-filled")
+    shape = (len(cfg.bands), grid.height, grid.width)
+    refl = np.stack([kept[d]["reflectance"] if d in kept else np.full(shape, np.nan, np.float32)
+                     for d in dates])
+    flags = {k: np.stack([kept[d][k] if d in kept else np.ones(shape[1:], bool) for d in dates])
+             for k in ("fill", "cloud", "shadow")}
+    for k in ("cloud", "shadow"):  # a missing composite is fill, not cloud
+        flags[k] &= ~flags["fill"]
+    valid = ~flags["fill"] & ~(flags["cloud"] | flags["shadow"] if cfg.mask_clouds else False)
+    masked = np.where(valid[:, None], refl, np.nan).astype(np.float32)
+    filled = gap_fill(masked)
+    x, y = grid.coords()
+    never = ~valid.any(0)
+    for r, c in zip(*np.nonzero(never), strict=True):
+        quarantine.add(tile, f"no valid observation: pixel row {r} col {c} is fill, cloud or shadow "
+                             "on every date",
+                       raw={"x": float(x[c]), "y": float(y[r])})
+    cube = ("time", "band", "y", "x")
+    ds = xr.Dataset(
+        {"reflectance": (cube, masked), "filled": (cube, filled), "valid": (("time", "y", "x"), valid),
+         **{k: (("time", "y", "x"), v) for k, v in flags.items()}},
+        coords={"time": np.array(dates, dtype="datetime64[ns]"), "band": np.array(cfg.bands, dtype=object),
+                "y": y, "x": x},
+        attrs={"crs": grid.crs, "transform": list(grid.transform), "tile": tile, "grid": grid.name,
+               "gap_fill": "linear in time; nearest valid at the ends"})
+    if "sur_refl_b01" in cfg.bands and "sur_refl_b02" in cfg.bands:
+        red, nir = ds["filled"].sel(band="sur_refl_b01"), ds["filled"].sel(band="sur_refl_b02")
+        ds["ndvi"] = ((nir - red) / (nir + red)).astype(np.float32)
+    return ds
+
+
+def name_date(name: str, pattern: str) -> tuple[_dt.date, str | None]:
+    """(date, band or None) from a file name by the config's pattern.
+
+    Raises:
+        RasterError: the name does not match or holds no date.
+    """
+    m = re.search(pattern, name)
+    if not m:
+        raise RasterError(f"file name does not match data.modis.name_pattern {pattern!r}")
+    g = m.groupdict()
+    if g.get("date"):
+        date = _dt.date.fromisoformat(g["date"])
+    elif g.get("year") and g.get("doy"):
+        date = _dt.date(int(g["year"]), 1, 1) + _dt.timedelta(int(g["doy"]) - 1)
+    else:
+        raise RasterError("data.modis.name_pattern needs (?P<date>…) or (?P<year>…)(?P<doy>…)")
+    return date, g.get("band")
+
+
+def geotiff_cube(paths: list[str], cfg: ModisConfig, client: Any, quarantine: Quarantine):
+    """Single-band GeoTIFFs (one per date and band) → xarray Dataset (time, band, y, x)."""
+    import xarray as xr
+
+    named = {}
+    for p in paths:
+        try:
+            named[p] = name_date(p.rsplit("/", 1)[-1], cfg.name_pattern)
+        except RasterError as e:
+            quarantine.add(p, str(e))
+    futures = client.map(_read_tiff, list(named), scale=cfg.scale)
+    layers = {}
+    for fut in track(futures, "reading GeoTIFFs", total=len(futures)):
+        r = fut.result()
+        if "error" in r:
+            quarantine.add(r["path"], r["error"])
+        else:
+            layers[r["path"]] = r
+    if not layers:
+        return None
+    common = Counter(r["grid"].key for r in layers.values()).most_common(1)[0][0]
+    ref = next(r["grid"] for r in layers.values() if r["grid"].key == common)
+    cells: dict[tuple[_dt.date, str], np.ndarray] = {}
+    for p, r in sorted(layers.items()):
+        g = r["grid"]
+        if g.key != ref.key:
+            quarantine.add(p, f"grid differs: {g.width}x{g.height} at {g.upper_left}, the stack's is "
+                              f"{ref.width}x{ref.height} at {ref.upper_left}")
+            continue
+        date, band = named[p]
+        if (date, band or "value") in cells:
+            quarantine.add(p, f"duplicate date: a file for {date} {band or ''} came first")
+            continue
+        cells[(date, band or "value")] = r["values"]
+    dates = sorted({d for d, _ in cells})
+    bands = sorted({b for _, b in cells})
+    empty = np.full((ref.height, ref.width), np.nan, np.float32)
+    for d in dates:
+        for b in bands:
+            if (d, b) not in cells:
+                quarantine.add(f"{d}/{b}", "date gap: no file for this date and band; held as missing")
+    cube = np.stack([np.stack([cells.get((d, b), empty) for b in bands]) for d in dates])
+    x, y = ref.coords()
+    return xr.Dataset({"value": (("time", "band", "y", "x"), cube)},
+                      coords={"time": np.array(dates, dtype="datetime64[ns]"),
+                              "band": np.array(bands, dtype=object), "y": y, "x": x},
+                      attrs={"crs": ref.crs, "transform": list(ref.transform)})
+
+
+def _read_tiff(path: str, scale: float) -> dict[str, Any]:
+    try:
+        return {"path": path, **read_geotiff(path, scale)}
+    except RasterError as e:
+        return {"path": path, "error": str(e)}
+
+
+def write_zarr(ds, uri: str) -> None:
+    """The cube as Zarr, chunked by whole tiles and a year of composites (tens of MB, not
+    millions of tiny chunks)."""
+    chunks = {"time": min(ds.sizes["time"], 46), "band": -1, "y": -1, "x": -1}
+    ds.chunk({k: v for k, v in chunks.items() if k in ds.dims}).to_zarr(uri, mode="w", consolidated=False)
+
+
+def describe(ds) -> dict[str, Any]:
+    """A cube's manifest entry: sizes, dates, CRS and transform."""
+    return {"dims": dict(ds.sizes), "dates": [str(d)[:10] for d in ds.time.values],
+            "crs": ds.attrs["crs"], "transform": ds.attrs["transform"]}
+
+
+def _params(cfg: DataConfig) -> dict[str, Any]:
+    return {"advorch": __version__, **cfg.modis.model_dump(exclude={"granules", "geotiffs"}),
+            "test_fraction": cfg.test_fraction, "val_fraction": cfg.val_fraction, "seed": cfg.seed,
+            "part_rows": cfg.part_rows}
+
+
+def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = None) -> Summary:
+    """Build (or confirm up to date) the MODIS dataset at `output`: cubes and sequence shards.
+
+    Raises:
+        PipelineError: nothing to read, or no granule / GeoTIFF / sample usable.
+        ShardError: the output folder cannot be written.
+    """
+    from advorch.pipelines.cluster import dask_client
+
+    m, output = cfg.modis, output or cfg.output
+    if not (m.granules or m.geotiffs or m.samples):
+        raise PipelineError("data.modis names no granules, geotiffs or samples: nothing to build")
+    granules = expand(m.granules, "data.modis.granules") if m.granules else []
+    tiffs = expand(m.geotiffs, "data.modis.geotiffs") if m.geotiffs else []
+    sample_files = [m.samples.path] if m.samples else []
+    previous = read_manifest(output)
+    known = {s["path"]: s for s in (previous or {}).get("sources", [])}
+    sources = [file_fingerprint(p, known.get(p)) for p in granules + tiffs + sample_files]
+    params = _params(cfg)
+    if sources_unchanged(previous, sources, params):
+        return Summary(output, True, previous["rows"], previous["quarantine"]["count"],
+                       {k: v["rows"] for k, v in previous["splits"].items()}, previous)
+
+    from advorch.pipelines.samples import sample_sequences
+
+    quarantine = Quarantine()
+    writer = DatasetWriter(output, kind="modis")
+    cubes: dict[str, dict[str, Any]] = {}
+    try:
+        with dask_client(dask_address) as client:
+            by_tile: dict[str, list[dict[str, Any]]] = {}
+            futures = client.map(_read_granule, granules, bands=m.bands, state=m.state_layer)
+            for fut in track(futures, "reading granules", total=len(futures)):
+                g = fut.result()
+                if "error" in g:
+                    quarantine.add(g["path"], g["error"])
+                else:
+                    by_tile.setdefault(g["tile"], []).append(g)
+            for tile, gs in sorted(by_tile.items()):
+                ds = tile_cube(gs, m, quarantine)
+                write_zarr(ds, writer.side_dir_uri(f"cube-{tile}.zarr"))
+                cubes[tile] = describe(ds)
+            if tiffs:
+                ds = geotiff_cube(tiffs, m, client, quarantine)
+                if ds is not None:
+                    write_zarr(ds, writer.side_dir_uri("cube-geotiff.zarr"))
+                    cubes["geotiff"] = describe(ds)
+        if (granules or tiffs) and not cubes and not m.samples:
+            raise PipelineError(f"no granule or GeoTIFF was usable: {quarantine.by_reason()}")
+        splits, schema, classes, shapes, extra = ({}, pa.schema([]), [], {}, {}) if not m.samples else \
+            sample_sequences(cfg, writer, quarantine)
+        manifest = writer.commit(splits=splits, schema=schema, sources=sources,
+                                 quarantine=quarantine, params=params, classes=classes, shapes=shapes,
+                                 extra={"cubes": cubes, **extra})
+    except BaseException:
+        writer.abort()
+        raise
+    return Summary(output, False, manifest["rows"], len(quarantine),
+                   {k: v["rows"] for k, v in manifest["splits"].items()}, manifest)

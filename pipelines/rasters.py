@@ -1,0 +1,186 @@
+"""Satellite rasters → georeferenced xarray: MODIS HDF4-EOS granules and GeoTIFF stacks.
+
+HDF4: the common rasterio/GDAL and netCDF4 wheels have no HDF4 driver, so granules are
+read with pyhdf. pyhdf does not georeference HDF-EOS: the grid (size, upper-left and
+lower-right corners in metres, projection) is parsed from the granule's
+`StructMetadata.0` attribute. MODIS land grids are sinusoidal on a sphere of radius
+6,371,007.181 m; the corners are the outer edges of the corner pixels (as GDAL reads
+them), so pixel centres sit half a pixel inside.
+
+GeoTIFF: one file per date (and band); the date and band come from a regular
+expression on the file name. Integer files are scaled by `scale` (MOD13 NDVI: 1e-4);
+float files are taken as already scaled (the MOD13A1 2016 stack switches from int16 to
+float32 for its last two dates).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+MODIS_SINUSOIDAL = "+proj=sinu +lon_0=0 +x_0=0 +y_0=0 +R=6371007.181 +units=m +no_defs"
+BANDS_500M = [f"sur_refl_b0{i}" for i in range(1, 8)]
+STATE = "sur_refl_state_500m"
+GRANULE_RE = re.compile(r"\.A(?P<year>\d{4})(?P<doy>\d{3})\.(?P<tile>h\d{2}v\d{2})\.")
+
+
+class RasterError(ValueError):
+    """A raster cannot be used; the message names the file and why (it is quarantined)."""
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A north-up raster grid: size and the outer corners of its corner pixels."""
+
+    name: str
+    width: int
+    height: int
+    upper_left: tuple[float, float]
+    lower_right: tuple[float, float]
+    crs: str
+
+    @property
+    def key(self) -> tuple:
+        """Size and corners to the millimetre: files written by different tools differ in the
+        last float digits of the same grid (the MOD13A1 stack does, at 1e-10 m)."""
+        return (self.width, self.height, *(round(v, 3) for v in (*self.upper_left, *self.lower_right)))
+
+    @property
+    def transform(self) -> tuple[float, float, float, float, float, float]:
+        """GDAL/affine order: (dx, 0, x0, 0, dy, y0)."""
+        dx = (self.lower_right[0] - self.upper_left[0]) / self.width
+        dy = (self.lower_right[1] - self.upper_left[1]) / self.height
+        return (dx, 0.0, self.upper_left[0], 0.0, dy, self.upper_left[1])
+
+    def coords(self) -> tuple[np.ndarray, np.ndarray]:
+        """Pixel-centre x (width,) and y (height,) in the grid's CRS."""
+        dx, _, x0, _, dy, y0 = self.transform
+        return x0 + dx * (np.arange(self.width) + 0.5), y0 + dy * (np.arange(self.height) + 0.5)
+
+
+def parse_struct_metadata(text: str, data_field: str | None = None) -> Grid:
+    """The grid of an HDF-EOS `StructMetadata.0` block that holds `data_field` (else the first).
+
+    A granule can carry several grids (MOD09GA: 1 km and 500 m); each band belongs to one.
+
+    Raises:
+        RasterError: the block has no grid, no grid with that field, or lacks a grid field.
+    """
+    blocks = re.findall(r"GROUP=GRID_\d+(.*?)END_GROUP=GRID_\d+", text, flags=re.S)
+    if not blocks:
+        raise RasterError("StructMetadata.0 describes no grid: not an HDF-EOS grid file")
+    chosen = [b for b in blocks if data_field is None or f'DataFieldName="{data_field}"' in b]
+    if not chosen:
+        raise RasterError(f"no grid of the granule holds {data_field}")
+    text = chosen[0]
+
+    def field(name: str) -> str:
+        m = re.search(rf"\b{name}=(\S+)", text)
+        if not m:
+            raise RasterError(f"StructMetadata.0 has no {name}")
+        return m.group(1).strip('"')
+
+    def pair(name: str) -> tuple[float, float]:
+        a, b = field(name).strip("()").split(",")
+        return float(a), float(b)
+
+    projection = field("Projection")
+    if projection != "GCTP_SNSOID":
+        raise RasterError(f"grid projection {projection} is not MODIS sinusoidal (GCTP_SNSOID)")
+    radius = float(field("ProjParams").strip("()").split(",")[0])
+    crs = MODIS_SINUSOIDAL.replace("6371007.181", f"{radius:.3f}")
+    return Grid(field("GridName"), int(field("XDim")), int(field("YDim")), pair("UpperLeftPointMtrs"),
+                pair("LowerRightMtrs"), crs)
+
+
+def granule_date(path: str) -> tuple[_dt.date, str]:
+    """(composite start date, tile) from a MODIS file name such as MOD09A1.A2017193.h18v04…"""
+    m = GRANULE_RE.search(path.rsplit("/", 1)[-1])
+    if not m:
+        raise RasterError("file name lacks the MODIS .AYYYYDDD.hXXvYY. part")
+    return _dt.date(int(m["year"]), 1, 1) + _dt.timedelta(int(m["doy"]) - 1), m["tile"]
+
+
+def state_masks(state: np.ndarray) -> dict[str, np.ndarray]:
+    """MOD09 500 m state QA bits: cloud state 0-1 (01 cloudy, 10 mixed), cloud shadow bit 2."""
+    cloud_state = state & 0b11
+    return {"cloud": (cloud_state == 1) | (cloud_state == 2), "shadow": (state >> 2 & 1) == 1}
+
+
+def read_hdf_granule(path: str, bands: list[str] | None = None, state: str = STATE) -> dict[str, Any]:
+    """One MOD09-style granule: {"grid", "date", "tile", "reflectance" (band, y, x) float32 with
+    NaN at fill, "fill", "cloud", "shadow" (y, x) bool, "bands"}.
+
+    Values are `raw · scale_factor + add_offset` from each band's own attributes.
+
+    Raises:
+        RasterError: not a readable HDF4 file, a band missing, or no usable grid.
+    """
+    from pyhdf.error import HDF4Error
+    from pyhdf.SD import SD, SDC
+
+    bands = bands or BANDS_500M
+    date, tile = granule_date(path)
+    try:
+        sd = SD(path, SDC.READ)
+    except HDF4Error as e:
+        raise RasterError(f"not a readable HDF4 file ({e}); re-download it") from None
+    try:
+        have = sd.datasets()
+        missing = [b for b in [*bands, state] if b not in have]
+        if missing:
+            raise RasterError(f"missing band(s) {', '.join(missing)} (it has {', '.join(sorted(have))})")
+        grid = parse_struct_metadata(sd.attributes().get("StructMetadata.0", ""), bands[0])
+        out = np.empty((len(bands), grid.height, grid.width), np.float32)
+        fill = np.zeros((grid.height, grid.width), bool)
+        for i, name in enumerate(bands):
+            ds = sd.select(name)
+            attrs = ds.attributes()
+            raw = ds.get()
+            if raw.shape != (grid.height, grid.width):
+                raise RasterError(f"{name} is {raw.shape}, the grid {grid.height}x{grid.width}")
+            bad = raw == attrs.get("_FillValue")
+            fill |= bad
+            scale, offset = attrs.get("scale_factor", 1.0), attrs.get("add_offset", 0.0)
+            out[i] = raw * np.float32(scale) + np.float32(offset)
+            out[i][bad] = np.nan
+        masks = state_masks(sd.select(state).get().astype(np.uint16))
+    except HDF4Error as e:
+        raise RasterError(f"HDF4 read failed ({e}): truncated or corrupt; re-download it") from None
+    finally:
+        sd.end()
+    return {"grid": grid, "date": date, "tile": tile, "reflectance": out, "fill": fill, "bands": bands,
+            **masks}
+
+
+def read_geotiff(path: str, scale: float) -> dict[str, Any]:
+    """One single-band GeoTIFF: {"values" (y, x) float32 with NaN at nodata, "grid"}.
+
+    Raises:
+        RasterError: rasterio cannot open it, or it has no georeferencing.
+    """
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    try:
+        with rasterio.open(path) as r:
+            raw = r.read(1)
+            nodata = r.nodata
+            if r.crs is None:
+                raise RasterError("no CRS: the GeoTIFF is not georeferenced")
+            t = r.transform
+            grid = Grid(path, r.width, r.height, (t.c, t.f), (t.c + t.a * r.width, t.f + t.e * r.height),
+                        r.crs.to_wkt())
+    except RasterioIOError as e:
+        raise RasterError(f"not a readable GeoTIFF ({e})") from None
+    values = raw.astype(np.float32)
+    if nodata is not None:
+        values[raw == nodata] = np.nan
+    values[~np.isfinite(values)] = np.nan
+    if np.issubdtype(raw.dtype, np.integer):
+        values *= np.float32(scale)
+    return {"values": values, "grid": grid}
