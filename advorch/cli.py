@@ -81,10 +81,10 @@ def run_pipeline(cfg: ExperimentConfig, output: str | None, dask_address: str | 
         out.print(f"[green]up to date:[/] {escape(summary.output)} already holds these sources "
                   f"({summary.rows} rows); nothing written", soft_wrap=True)
     else:
-        q = summary.manifest["quarantine"]
+        q, vocab = summary.manifest["quarantine"], summary.manifest.get("vocab_size")
         out.print(f"[green]wrote[/] {escape(summary.output)}: {summary.rows} rows "
                   f"({', '.join(f'{k} {v}' for k, v in summary.splits.items())}), "
-                  + (f"vocabulary {summary.manifest['vocab_size']}, " if "vocab_size" in summary.manifest else "")
+                  + (f"vocabulary {vocab}, " if vocab else "")
                   + f"quarantined {q['count']}"
                   + (f" {q['by_reason']} → {escape(summary.output)}/{q['file']}" if q["count"] else ""),
                   soft_wrap=True)
