@@ -128,12 +128,12 @@ def read_hdf_granule(path: str, bands: list[str] | None = None, state: str = STA
     try:
         sd = SD(path, SDC.READ)
     except HDF4Error as e:
-        raise RasterError(f"not a readable HDF4 file ({e}); re-download it") from None
+        raise RasterError(f"not a readable HDF4 file: {e}; re-download it") from None
     try:
         have = sd.datasets()
         missing = [b for b in [*bands, state] if b not in have]
         if missing:
-            raise RasterError(f"missing band(s) {', '.join(missing)} (it has {', '.join(sorted(have))})")
+            raise RasterError(f"missing band: {', '.join(missing)} (it has {', '.join(sorted(have))})")
         grid = parse_struct_metadata(sd.attributes().get("StructMetadata.0", ""), bands[0])
         out = np.empty((len(bands), grid.height, grid.width), np.float32)
         fill = np.zeros((grid.height, grid.width), bool)
@@ -150,7 +150,7 @@ def read_hdf_granule(path: str, bands: list[str] | None = None, state: str = STA
             out[i][bad] = np.nan
         masks = state_masks(sd.select(state).get().astype(np.uint16))
     except HDF4Error as e:
-        raise RasterError(f"HDF4 read failed ({e}): truncated or corrupt; re-download it") from None
+        raise RasterError(f"HDF4 read failed: {e}; truncated or corrupt, re-download it") from None
     finally:
         sd.end()
     return {"grid": grid, "date": date, "tile": tile, "reflectance": out, "fill": fill, "bands": bands,
@@ -176,7 +176,7 @@ def read_geotiff(path: str, scale: float) -> dict[str, Any]:
             grid = Grid(path, r.width, r.height, (t.c, t.f), (t.c + t.a * r.width, t.f + t.e * r.height),
                         r.crs.to_wkt())
     except RasterioIOError as e:
-        raise RasterError(f"not a readable GeoTIFF ({e})") from None
+        raise RasterError(f"not a readable GeoTIFF: {e}") from None
     values = raw.astype(np.float32)
     if nodata is not None:
         values[raw == nodata] = np.nan

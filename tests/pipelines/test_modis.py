@@ -1,0 +1,201 @@
+"""The MODIS pipeline (pipelines/rasters.py, modis.py, samples.py) on the real data in
+../shared/data/modis: the MOD09A1 HDF4 granule, the 23-date MOD13A1 NDVI GeoTIFF stack and
+the sits Mato Grosso samples; bad input on granules this test writes itself with pyhdf
+(copies of the real granule under other dates, with a band dropped, another grid, pixels
+set to fill; and truncated or corrupt files), because the real data has no such cases.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+
+from advorch.config import load_config
+from advorch.pipelines import modis
+from advorch.pipelines.rasters import read_hdf_granule
+from advorch.pipelines.shards import read_manifest, read_split
+from tests.conftest import ROOT, SHARED_DATA
+
+MODIS = SHARED_DATA / "modis"
+GRANULE = MODIS / "hdf" / "MOD09A1.A2017193.h18v04.006.2017202035302.hdf"
+NDVI = MODIS / "mod13a1_ndvi_2016"
+SITS = MODIS / "sits" / "samples_mt_9classes_long.csv"
+BANDS = ["mir", "blue", "nir", "red", "evi", "ndvi"]
+
+
+@pytest.fixture(scope="module")
+def real() -> Path:
+    if not GRANULE.is_file():
+        pytest.skip(f"real MODIS data not found at {MODIS}")
+    return MODIS
+
+
+def config(output: Path, *overrides: str):
+    return load_config(ROOT / "configs" / "modis_sits.toml", [
+        f'data.output="{output}"', f'data.modis.granules=["{GRANULE}"]',
+        f'data.modis.geotiffs=["{NDVI}/*.tif"]', f'data.modis.samples.path="{SITS}"', *overrides])
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, real, dask_address) -> Path:
+    out = tmp_path_factory.mktemp("modis") / "shards"
+    modis.run(config(out).data, dask_address=dask_address)
+    return out
+
+
+def open_cube(root: Path, name: str):
+    import xarray as xr
+
+    m = read_manifest(str(root))
+    return xr.open_zarr(root / m["side_files"][f"cube-{name}.zarr"], consolidated=False)
+
+
+# ---------------------------------------------------------------- the real granule
+
+
+def test_granule_bands_scale_fill_and_grid_corners(real) -> None:
+    from pyhdf.SD import SD, SDC
+
+    g = read_hdf_granule(str(GRANULE))
+    assert g["reflectance"].shape == (7, 73, 66)
+    assert g["date"] == dt.date(2017, 7, 12) and g["tile"] == "h18v04"
+    sd = SD(str(GRANULE), SDC.READ)
+    raw = sd.select("sur_refl_b02").get()
+    meta = sd.attributes()["StructMetadata.0"]
+    sd.end()
+    np.testing.assert_allclose(g["reflectance"][1], raw * 1e-4, rtol=1e-6)  # scale 1e-4, offset 0
+    assert (np.isnan(g["reflectance"][1]) == (raw == -28672)).all()
+    # corners: the outer edges of the corner pixels are the metadata's UL / LR points
+    ul = [float(v) for v in re.search(r"UpperLeftPointMtrs=\(([^)]*)\)", meta).group(1).split(",")]
+    lr = [float(v) for v in re.search(r"LowerRightMtrs=\(([^)]*)\)", meta).group(1).split(",")]
+    x, y = g["grid"].coords()
+    dx, dy = x[1] - x[0], y[1] - y[0]
+    assert dx == pytest.approx((lr[0] - ul[0]) / 66) and dy == pytest.approx((lr[1] - ul[1]) / 73)
+    assert x[0] - dx / 2 == pytest.approx(ul[0]) and y[0] - dy / 2 == pytest.approx(ul[1])
+    assert x[-1] + dx / 2 == pytest.approx(lr[0]) and y[-1] + dy / 2 == pytest.approx(lr[1])
+    assert dx == pytest.approx(463.3127, abs=1e-3)  # the MODIS 500 m sinusoidal pixel
+    assert "+proj=sinu" in g["grid"].crs and "+R=6371007.181" in g["grid"].crs
+
+
+def test_granule_cube_in_zarr_keeps_the_grid(built: Path) -> None:
+    cube = open_cube(built, "h18v04")
+    assert dict(cube.sizes) == {"time": 1, "band": 7, "y": 73, "x": 66}
+    assert list(cube.band.values) == [f"sur_refl_b0{i}" for i in range(1, 8)]
+    assert "+proj=sinu" in cube.attrs["crs"]
+    g = read_hdf_granule(str(GRANULE))
+    refl = cube["reflectance"].values[0]
+    valid = ~g["fill"] & ~g["cloud"] & ~g["shadow"]
+    np.testing.assert_array_equal(np.isnan(refl).any(0), ~valid)  # fill, cloud and shadow masked
+    np.testing.assert_allclose(refl[:, valid], g["reflectance"][:, valid])
+
+
+# ---------------------------------------------------------------- the real GeoTIFF stack
+
+
+def test_ndvi_stack_becomes_a_23_date_cube_with_nodata_masked(built: Path) -> None:
+    cube = open_cube(built, "geotiff")
+    # (time, band, y, x): 122 rows and 65 columns per file
+    assert dict(cube.sizes) == {"time": 23, "band": 1, "y": 122, "x": 65}
+    files = sorted(NDVI.glob("*.tif"))
+    expected = [np.datetime64(dt.date(2016, 1, 1) + dt.timedelta(int(f.stem[-3:]) - 1), "ns") for f in files]
+    assert list(cube.time.values) == expected  # days 1, 17, …, 353
+    values = cube["value"].values[:, 0]
+    for k, f in enumerate(files):
+        with rasterio.open(f) as r:
+            raw = r.read(1)
+            nodata = raw == r.nodata
+            scale = 1e-4 if raw.dtype.kind == "i" else 1.0  # the last two files are float, scaled
+        assert (np.isnan(values[k]) == nodata).all()
+        np.testing.assert_allclose(values[k][~nodata], raw[~nodata] * scale, rtol=1e-6)
+    assert np.nanmax(values) <= 1.0 and np.nanmin(values) >= -0.2  # one NDVI scale across dtypes
+
+
+# ---------------------------------------------------------------- the real sits samples
+
+
+def test_sits_samples_become_window_sequences(built: Path) -> None:
+    m = read_manifest(str(built))
+    assert m["rows"] == 2115 and len(m["classes"]) == 9 and m["shapes"]["features"] == [22, 12]
+    assert m["splits"]["test"]["rows"] == 1058  # 50/50, stratified
+    raw = pd.read_csv(SITS, dtype={"sample_id": str}).sort_values(["sample_id", "date"])
+    rows = read_split(str(built), "train", manifest=m).to_pandas().set_index("id")
+    sid = rows.index[0]
+    mine = raw[raw["sample_id"] == sid][BANDS].to_numpy(np.float32)  # (23, 6)
+    expected = np.concatenate([mine[:-1], mine[1:]], axis=1)  # step t: composites t and t+1
+    np.testing.assert_allclose(np.asarray(rows.loc[sid, "features"]).reshape(22, 12), expected, rtol=1e-6)
+    assert m["classes"][rows.loc[sid, "label"]] == raw[raw["sample_id"] == sid]["label"].iloc[0]
+
+
+# ---------------------------------------------------------------- bad input (generated granules)
+
+
+def write_granule(dst: Path, *, drop: tuple[str, ...] = (), shift: float = 0.0,
+                  fill_pixel: tuple[int, int] | None = None) -> Path:
+    """A copy of the real granule under another name, minus bands, on a shifted grid, or with one
+    pixel set to fill in every band."""
+    from pyhdf.SD import SD, SDC
+
+    src = SD(str(GRANULE), SDC.READ)
+    out = SD(str(dst), SDC.WRITE | SDC.CREATE | SDC.TRUNC)
+    for name, (_, shape, typ, _) in src.datasets().items():
+        if name in drop:
+            continue
+        s = src.select(name)
+        a = s.get()
+        attrs = s.attributes(full=1)
+        if fill_pixel and name.startswith("sur_refl_b0"):
+            a[fill_pixel] = attrs["_FillValue"][0]
+        d = out.create(name, typ, shape)
+        d[:] = a
+        for k, (v, _, t, _) in attrs.items():
+            d.attr(k).set(t, v)
+        d.endaccess()
+    meta = src.attributes()["StructMetadata.0"]
+    if shift:
+        meta = re.sub(r"UpperLeftPointMtrs=\(([\d.]+)",
+                      lambda m: f"UpperLeftPointMtrs=({float(m[1]) + shift:f}", meta)
+    out.attr("StructMetadata.0").set(SDC.CHAR8, meta)
+    out.end()
+    src.end()
+    return dst
+
+
+def test_bad_granules_are_quarantined_and_the_run_goes_on(tmp_path: Path, real, dask_address) -> None:
+    name = "MOD09A1.A2017{doy}.h18v04.006.test.hdf"
+    for doy in ("193", "201", "217"):  # 209 is missing: a date gap
+        write_granule(tmp_path / name.format(doy=doy), fill_pixel=(5, 7))
+    other_grid = write_granule(tmp_path / name.format(doy="225"), shift=5000.0)
+    no_b07 = write_granule(tmp_path / name.format(doy="233"), drop=("sur_refl_b07",))
+    truncated = tmp_path / name.format(doy="241")
+    truncated.write_bytes(GRANULE.read_bytes()[: GRANULE.stat().st_size // 3])
+    corrupt = tmp_path / name.format(doy="249")
+    corrupt.write_bytes(np.random.default_rng(0).bytes(4096))
+    cfg = config(tmp_path / "out", f'data.modis.granules=["{tmp_path}/*.hdf"]', "data.modis.geotiffs=[]",
+                 "data.modis.mask_clouds=false")
+    cfg.data.modis.samples = None
+    summary = modis.run(cfg.data, dask_address=dask_address)
+    records = [json.loads(x) for x in
+               (tmp_path / "out" / summary.manifest["quarantine"]["file"]).read_text().splitlines()]
+    reasons = {(Path(r["source"]).name, r["reason"].split(":")[0]) for r in records}
+    assert (other_grid.name, "grid differs") in reasons
+    assert (no_b07.name, "missing band") in reasons
+    assert {(truncated.name, "not a readable HDF4 file"), (truncated.name, "HDF4 read failed")} & reasons
+    assert {(corrupt.name, "not a readable HDF4 file"), (corrupt.name, "HDF4 read failed")} & reasons
+    gap = [r for r in records if r["reason"].startswith("date gap")]
+    assert [r["reason"].split(":")[1].split("(")[0].strip() for r in gap] == ["no composite for 2017-07-28"]
+    pixel = [r for r in records if r["reason"].startswith("no valid observation")]
+    assert [r["reason"] for r in pixel] == [
+        "no valid observation: pixel row 5 col 7 is fill, cloud or shadow on every date"]
+    cube = open_cube(tmp_path / "out", "h18v04")
+    assert [str(t)[:10] for t in cube.time.values] == ["2017-07-12", "2017-07-20", "2017-07-28", "2017-08-05"]
+    filled, refl = cube["filled"].values, cube["reflectance"].values
+    assert np.isnan(refl[2]).all()  # the missing composite …
+    np.testing.assert_allclose(filled[2], (filled[1] + filled[3]) / 2, rtol=1e-5)  # … gap-filled linearly
+    assert np.isnan(filled[:, :, 5, 7]).all()  # a pixel never observed stays NaN
