@@ -9,7 +9,9 @@ window sliding by 8 days (46 composites → 43 steps × 28 features from 7 bands
 16-day sits samples, window 2 and stride 1 give 22 steps of 32 days.
 
 Rows: `id`, `label`, `features` (T·F float32, row-major: step, then window position,
-then band), `lon`, `lat`, `start` (first date); the manifest's `shapes.features` is [T, F].
+then band), `lon`, `lat`, `start` (first date); the manifest's `shapes.features` is [T, F]
+and `feature_stats` the train split's mean and std per feature (the model standardises
+with them, so a perturbation's ε is in standard deviations).
 """
 
 from __future__ import annotations
@@ -104,6 +106,8 @@ def sample_sequences(cfg: DataConfig, writer: DatasetWriter, quarantine: Quarant
             n = write_part(writer.part_uri(name, index), part)
             splits[name]["parts"].append({"index": index, "rows": n})
     names = [f"{b}@{w}" for w in range(m.window) for b in bands]
-    extra = {"feature_names": names, "steps": t, "dates_per_sample": d,
+    train = x[split == 0].reshape(-1, f)
+    stats = {"mean": np.nanmean(train, 0).tolist(), "std": np.maximum(np.nanstd(train, 0), 1e-6).tolist()}
+    extra = {"feature_names": names, "feature_stats": stats, "steps": t, "dates_per_sample": d,
              "class_counts": {c: int((labels == i).sum()) for i, c in enumerate(classes)}}
     return splits, SCHEMA, classes, {"features": [t, f], "label": []}, extra

@@ -24,14 +24,21 @@ from advorch.pipelines.shards import _fs, read_manifest, split_parts
 
 @dataclass
 class SequenceData:
-    """tokens (N, T) int64 0-padded, labels (N,) int64, ids (N,) row ids."""
+    """tokens (N, T) int64 0-padded, or features (N, T, F) float32 (MODIS windows); labels (N,)
+    int64; ids (N,) row ids."""
 
-    tokens: Tensor
+    tokens: Tensor | None
     labels: Tensor
     ids: list[str]
+    features: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def inputs(self) -> Tensor:
+        """What the model reads: the token ids or the feature sequences."""
+        return self.tokens if self.features is None else self.features
 
 
 def slice_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
@@ -39,10 +46,16 @@ def slice_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
     return n * rank // world, n * (rank + 1) // world
 
 
+def input_column(manifest: dict[str, Any]) -> str:
+    """"features" for datasets of feature sequences (shapes.features = [T, F]), else "tokens"."""
+    return "features" if "features" in manifest.get("shapes", {}) else "tokens"
+
+
 def read_rows(root: str, split: str, start: int, stop: int,
               manifest: dict[str, Any] | None = None) -> pa.Table:
     """Rows [start, stop) of a split, reading only the parts that overlap them."""
     manifest = manifest or read_manifest(root)
+    column = input_column(manifest)
     fs, base = _fs(root)
     tables, offset = [], 0
     for part in split_parts(manifest, split):
@@ -50,13 +63,19 @@ def read_rows(root: str, split: str, start: int, stop: int,
         offset = hi
         if hi <= start or lo >= stop:
             continue
-        t = pq.read_table(f"{base}/{part['path']}", columns=["id", "tokens", "label"], filesystem=fs)
+        t = pq.read_table(f"{base}/{part['path']}", columns=["id", column, "label"], filesystem=fs)
         tables.append(t.slice(max(start - lo, 0), min(stop, hi) - max(start, lo)))
-    return pa.concat_tables(tables) if tables else pa.table({"id": [], "tokens": [], "label": []})
+    return pa.concat_tables(tables) if tables else pa.table({"id": [], column: [], "label": []})
 
 
-def to_tensors(table: pa.Table, max_length: int) -> SequenceData:
-    """Pad (or cut to the first `max_length`) token lists into one (N, T) tensor."""
+def to_tensors(table: pa.Table, max_length: int, shape: list[int] | None = None) -> SequenceData:
+    """Pad (or cut to the first `max_length`) token lists into one (N, T) tensor; or, with
+    `shape` [T, F], reshape the flat feature lists into (N, T, F)."""
+    labels = torch.from_numpy(table.column("label").to_numpy().astype(np.int64))
+    if shape is not None:
+        flat = table.column("features").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        features = torch.from_numpy(flat.astype(np.float32).reshape(len(labels), *shape))
+        return SequenceData(None, labels, table.column("id").to_pylist(), features)
     tokens = table.column("tokens").combine_chunks()
     lengths = np.minimum(np.diff(tokens.offsets.to_numpy()), max_length)
     flat = tokens.flatten().to_numpy(zero_copy_only=False)
@@ -66,9 +85,7 @@ def to_tensors(table: pa.Table, max_length: int) -> SequenceData:
     row = np.repeat(np.arange(len(lengths)), lengths)
     col = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     out[row, col] = flat[offsets[:-1][row] - offsets[0] + col]
-    labels = table.column("label").to_numpy().astype(np.int64)
-    return SequenceData(torch.from_numpy(out), torch.from_numpy(labels),
-                        table.column("id").to_pylist())
+    return SequenceData(torch.from_numpy(out), labels, table.column("id").to_pylist())
 
 
 def load_slice(root: str, split: str, rank: int, world: int, max_length: int,
@@ -76,7 +93,8 @@ def load_slice(root: str, split: str, rank: int, world: int, max_length: int,
     """This worker's slice of a split as tensors."""
     manifest = manifest or read_manifest(root)
     start, stop = slice_bounds(manifest["splits"][split]["rows"], rank, world)
-    return to_tensors(read_rows(root, split, start, stop, manifest), max_length)
+    return to_tensors(read_rows(root, split, start, stop, manifest), max_length,
+                      manifest["shapes"]["features"] if input_column(manifest) == "features" else None)
 
 
 def steps_per_epoch(n_rows: int, world: int, batch_size: int) -> int:
@@ -87,7 +105,13 @@ def steps_per_epoch(n_rows: int, world: int, batch_size: int) -> int:
 
 
 def make_batch(data: SequenceData, idx: Tensor, device: torch.device) -> dict[str, Tensor]:
-    """A batch dict trimmed to its longest sequence: tokens (B, T), mask (B, T), label (B,)."""
+    """A batch dict trimmed to its longest sequence: tokens (B, T) (or features (B, T, F)),
+    mask (B, T), label (B,)."""
+    if data.features is not None:  # fixed-length windows: every step is real
+        features = data.features[idx]
+        return {"features": features.to(device), "mask": torch.ones(features.shape[:2], dtype=torch.bool,
+                                                                       device=device),
+                "label": data.labels[idx].to(device)}
     tokens = data.tokens[idx]
     mask = tokens != 0
     t = max(int(mask.sum(1).max()), 1)

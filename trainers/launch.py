@@ -133,7 +133,7 @@ def test_metrics(cfg: ExperimentConfig, data: str,
     model.load_state_dict(model_state)
     test = load_slice(data, "test", 0, 1, cfg.model.max_length, manifest)
     device = torch.device("cpu")
-    return evaluate(model, test, 256, device, prefix="test_"), model, test.tokens[:4]
+    return evaluate(model, test, 256, device, prefix="test_"), model, test.inputs[:4]
 
 
 def train(cfg: ExperimentConfig, data: str | None = None, *, ray_address: str | None = None,

@@ -57,8 +57,13 @@ def build(cfg: ExperimentConfig, manifest: dict[str, Any],
     (the dataset's vocabulary side file maps tokens to ids).
     """
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, manifest["vocab_size"], len(manifest["classes"]))
-    if data is None:
+    features = manifest.get("shapes", {}).get("features")  # [T, F]: feature sequences, no vocabulary
+    stats = manifest.get("feature_stats")
+    model = build_model(cfg.model, manifest.get("vocab_size", 0), len(manifest["classes"]),
+                        input_dim=features[1] if features else None,
+                        input_stats=(torch.tensor(stats["mean"]), torch.tensor(stats["std"])) if stats
+                        else None)
+    if data is None or features:
         return model, build_regime(cfg.regime)
     import json
 

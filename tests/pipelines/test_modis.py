@@ -199,3 +199,32 @@ def test_bad_granules_are_quarantined_and_the_run_goes_on(tmp_path: Path, real, 
     assert np.isnan(refl[2]).all()  # the missing composite …
     np.testing.assert_allclose(filled[2], (filled[1] + filled[3]) / 2, rtol=1e-5)  # … gap-filled linearly
     assert np.isnan(filled[:, :, 5, 7]).all()  # a pixel never observed stays NaN
+
+
+# ---------------------------------------------------------------- training on the sequences
+
+
+@pytest.mark.parametrize("regime", [[], ['regime.name="attention_at"', 'regime.filter="sf"'],
+                                    ['regime.name="attention_at"', 'regime.filter="cat"'],
+                                    ['regime.name="at_vat"', 'regime.filter="sf"']])
+def test_sequence_regimes_train_on_feature_windows(built: Path, regime: list[str]) -> None:
+    import torch
+
+    from advorch.trainers.loop import setup_worker, train_epoch
+    from advorch.trainers.models import Serving
+
+    cfg = config(built, "model.hidden_dim=16", "train.batch_size=128", *regime)
+    w = setup_worker(cfg, str(built))
+    assert w.train.features.shape[1:] == (22, 12) and w.model.embedding is None
+    # the model standardises its input with the train split's statistics
+    stats = read_manifest(str(built))["feature_stats"]
+    batch = {"features": w.train.features[:4], "mask": torch.ones(4, 22, dtype=torch.bool)}
+    z = w.model.embed(batch)
+    np.testing.assert_allclose(z[0, 0].numpy(), (w.train.features[0, 0].numpy() - stats["mean"])
+                               / np.array(stats["std"]), rtol=1e-4, atol=1e-5)
+    before = [p.detach().clone() for p in w.model.parameters()]
+    metrics = train_epoch(w, 0)
+    assert np.isfinite(metrics["train_loss"]) and 0.0 <= metrics["val_accuracy"] <= 1.0
+    assert any(not torch.equal(a, b) for a, b in zip(before, w.model.parameters(), strict=True))
+    probs = Serving(w.model).eval()(w.train.features[:3])  # the logged model takes raw features
+    assert probs.shape == (3, 9) and torch.allclose(probs.sum(1), torch.ones(3))

@@ -51,6 +51,8 @@ class CleanPass:
 def clean_pass(model: nn.Module, batch: Batch) -> CleanPass:
     """Forward and backward on the clean input, keeping g = ∇_e L (B, T, D)."""
     e = model.embed(batch)
+    if not e.requires_grad:  # raw input features (no embedding layer): a leaf that keeps ∇
+        e = e.detach().requires_grad_(True)
     e.retain_grad()
     out = model(e, batch)
     loss = classification_loss(out, batch)

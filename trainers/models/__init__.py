@@ -12,10 +12,12 @@ __all__ = ["Batch", "Output", "PerturbableModel", "LSTMAttention", "Serving", "b
 
 
 def build_model(cfg: ModelConfig, vocab_size: int, num_classes: int,
-                pretrained: Tensor | None = None) -> nn.Module:
-    """The model named in the config."""
+                pretrained: Tensor | None = None, input_dim: int | None = None,
+                input_stats: tuple[Tensor, Tensor] | None = None) -> nn.Module:
+    """The model named in the config; `input_dim` F (and `input_stats`, mean and std) for
+    feature sequences instead of tokens."""
     if cfg.name in ("lstm", "lstm_attention"):
         return LSTMAttention(vocab_size, num_classes, cfg.embedding_dim, cfg.hidden_dim,
                              attention=cfg.name == "lstm_attention", dropout=cfg.dropout,
-                             pretrained=pretrained)
+                             pretrained=pretrained, input_dim=input_dim, input_stats=input_stats)
     raise ValueError(f"unknown model.name {cfg.name!r}")

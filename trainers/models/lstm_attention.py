@@ -25,23 +25,32 @@ class LSTMAttention(nn.Module):
         attention: False gives the plain LSTM baseline (last real hidden state).
         dropout: on the (possibly perturbed) embeddings and on the pooled state.
         pretrained: optional (vocab_size, D) initial embedding matrix.
+        input_dim: F for feature sequences (MODIS windows): no embedding, `embed` returns the
+            features standardised by `input_stats` (mean, std per feature), so perturbations
+            act on the input values, ε in standard deviations.
     """
 
     def __init__(self, vocab_size: int, num_classes: int, embedding_dim: int = 128,
                  hidden_dim: int = 140, attention: bool = True, dropout: float = 0.5,
-                 pretrained: Tensor | None = None) -> None:
+                 pretrained: Tensor | None = None, input_dim: int | None = None,
+                 input_stats: tuple[Tensor, Tensor] | None = None) -> None:
         super().__init__()
-        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
+        mean, std = input_stats or (torch.zeros(input_dim or 0), torch.ones(input_dim or 0))
+        self.register_buffer("input_mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("input_std", torch.as_tensor(std, dtype=torch.float32))
+        self.embedding = None if input_dim else nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
         if pretrained is not None:
             self.embedding.weight.data.copy_(pretrained)
-        self.lstm = nn.LSTM(embedding_dim, hidden_dim, batch_first=True)
+        self.lstm = nn.LSTM(input_dim or embedding_dim, hidden_dim, batch_first=True)
         self.attention = attention
         self.v = nn.Parameter(torch.randn(hidden_dim) / hidden_dim**0.5) if attention else None
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(hidden_dim, num_classes)  # W_y
 
     def embed(self, batch: Batch) -> Tensor:
-        """Token ids (B, T) → embeddings (B, T, D): the perturbable input."""
+        """Token ids (B, T) → embeddings (B, T, D), or the features (B, T, F): the perturbable input."""
+        if self.embedding is None:
+            return (batch["features"] - self.input_mean) / self.input_std
         return self.embedding(batch["tokens"])
 
     def forward(self, e: Tensor, batch: Batch) -> Output:
@@ -59,12 +68,17 @@ class LSTMAttention(nn.Module):
 
 
 class Serving(nn.Module):
-    """Token ids (B, T) int64, 0-padded → class probabilities (B, C): the logged model."""
+    """Token ids (B, T) int64, 0-padded, or features (B, T, F) float32 → class probabilities
+    (B, C): the logged model."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        batch = {"tokens": tokens, "mask": tokens != 0}
+    def forward(self, inputs: Tensor) -> Tensor:
+        if inputs.is_floating_point():
+            batch = {"features": inputs, "mask": torch.ones(inputs.shape[:2], dtype=torch.bool,
+                                                            device=inputs.device)}
+        else:
+            batch = {"tokens": inputs, "mask": inputs != 0}
         return torch.softmax(self.model(self.model.embed(batch), batch).logits, dim=-1)
