@@ -35,9 +35,10 @@ class LSTMAttention(nn.Module):
                  pretrained: Tensor | None = None, input_dim: int | None = None,
                  input_stats: tuple[Tensor, Tensor] | None = None) -> None:
         super().__init__()
-        mean, std = input_stats or (torch.zeros(input_dim or 0), torch.ones(input_dim or 0))
-        self.register_buffer("input_mean", torch.as_tensor(mean, dtype=torch.float32))
-        self.register_buffer("input_std", torch.as_tensor(std, dtype=torch.float32))
+        if input_dim:  # feature sequences only: token models keep their state dict as it was
+            mean, std = input_stats or (torch.zeros(input_dim), torch.ones(input_dim))
+            self.register_buffer("input_mean", torch.as_tensor(mean, dtype=torch.float32))
+            self.register_buffer("input_std", torch.as_tensor(std, dtype=torch.float32))
         self.embedding = None if input_dim else nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
         if pretrained is not None:
             self.embedding.weight.data.copy_(pretrained)
