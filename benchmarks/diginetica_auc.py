@@ -12,15 +12,14 @@ purchases, 69 purchases among the 1,493 test sessions, so expect a wide spread.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import report  # noqa: E402
+from seeds import configs, run_rows  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGI = ROOT.parent / "shared" / "data" / "clickstream" / "diginetica"
@@ -49,9 +48,8 @@ def main() -> None:
 
     from advorch.config import load_config
     from advorch.pipelines import clickstream
-    from advorch.trainers.launch import init_ray, train
+    from advorch.trainers.launch import init_ray
 
-    rows, lines = [], []
     with tempfile.TemporaryDirectory() as tmp:
         data = [f'data.output="{tmp}/shards"',
                 f'data.clickstream.events=["{DIGI}/sample_train-item-views.csv"]',
@@ -60,23 +58,11 @@ def main() -> None:
         cfg0 = load_config(ROOT / "configs" / "diginetica.toml", data)
         clickstream.run(cfg0.data)
         init_ray()
-        for key, label, overrides in (r for r in ROWS if r[0] in wanted):
-            aucs, secs = [], []
-            for seed in range(args.seeds):
-                cfg = load_config(ROOT / "configs" / "diginetica.toml", data + BASE + overrides + [
-                    f"train.seed={seed}", f"train.workers={args.workers}", f'name="digi-{key}"',
-                    f'train.storage="{tmp}/runs"'])
-                t0 = time.perf_counter()
-                aucs.append(train(cfg).metrics["test_auc"])
-                secs.append(time.perf_counter() - t0)
-                print(f"{label:30s} seed {seed}: test_auc {aucs[-1]:.4f} ({secs[-1]:.0f}s)", flush=True)
-            std = statistics.stdev(aucs) if len(aucs) > 1 else 0.0
-            rows.append(report.row(key, "test_auc_mean", statistics.fmean(aucs), std, len(aucs), "auc"))
-            rows.append(report.row(key, "test_auc_min", min(aucs), None, len(aucs), "auc"))
-            rows.append(report.row(key, "test_auc_max", max(aucs), None, len(aucs), "auc"))
-            rows.append(report.row(key, "train_seconds_mean", statistics.fmean(secs), None, len(secs), "s"))
-            lines.append(f"| {label} | {statistics.fmean(aucs):.4f} ± {std:.4f} | {min(aucs):.4f} – "
-                         f"{max(aucs):.4f} | {len(aucs)} |")
+
+        cfg_for = configs(ROOT / "configs" / "diginetica.toml", data + BASE, args.workers,
+                          f"{tmp}/runs", "digi")
+
+        def write(rows: list, lines: list[str]) -> None:
             notes = "\n".join([
                 "| method | test AUC (mean ± std) | min – max | seeds |", "|---|---|---|---|", *lines, "",
                 "- configs/diginetica.toml (LSTM-Attention hidden 64, embeddings 120 from Word2Vec on "
@@ -85,8 +71,9 @@ def main() -> None:
                 "- 2,986 sessions, 138 purchases; 50/50 stratified split, val = 20% of train (14 purchases).",
             ])
             print(notes, flush=True)
-            report.write("diginetica_auc", rows, notes)  # after every row: a cut-off run keeps it
+            report.write("diginetica_auc", rows, notes)
 
+        run_rows([r for r in ROWS if r[0] in wanted], args.seeds, cfg_for, "test_auc", "auc", write)
 
 if __name__ == "__main__":
     main()
