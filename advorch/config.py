@@ -91,6 +91,14 @@ class SampleTable(_Section):
     bands: list[str] = Field(default_factory=list, description="feature columns, in order")
 
 
+class LabelRaster(_Section):
+    """A class raster (e.g. the USDA Cropland Data Layer), resampled onto each tile's grid by
+    nearest neighbour; only pixels whose value `classes` names become labelled sequences."""
+
+    path: str
+    classes: dict[str, str] = Field(default_factory=dict, description='raster value → class, {"1" = "corn"}')
+
+
 class ModisConfig(_Section):
     """MODIS tiles → QA-masked time cube (Zarr) and labelled window sequences (Jia et al. §4.3)."""
 
@@ -105,6 +113,7 @@ class ModisConfig(_Section):
     scale: float = Field(1e-4, gt=0.0, description="applied to integer GeoTIFFs (float ones are scaled)")
     composite_days: int = Field(8, ge=1, description="8 for MOD09A1, 16 for MOD13")
     samples: SampleTable | None = None
+    labels: LabelRaster | None = None
     window: int = Field(4, ge=1, description="composites per step (4 x 8 days = the paper's 32 days)")
     stride: int = Field(1, ge=1, description="composites between steps")
     ndvi: bool = Field(True, description="add NDVI from red and nir as a feature")

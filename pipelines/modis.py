@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from advorch import __version__
-from advorch.config import DataConfig, ModisConfig
+from advorch.config import DataConfig, LabelRaster, ModisConfig
 from advorch.pipelines.common import PipelineError, Summary
 from advorch.pipelines.events import expand
 from advorch.pipelines.rasters import RasterError, read_geotiff, read_hdf_granule
@@ -133,6 +133,41 @@ def tile_cube(granules: list[dict[str, Any]], cfg: ModisConfig, quarantine: Quar
         red, nir = ds["filled"].sel(band="sur_refl_b01"), ds["filled"].sel(band="sur_refl_b02")
         ds["ndvi"] = ((nir - red) / (nir + red)).astype(np.float32)
     return ds
+
+
+def pixel_series(ds, spec: LabelRaster, quarantine: Quarantine):
+    """The labelled pixels of a tile cube as series of its gap-filled bands (and NDVI): the
+    label raster resampled onto the tile's grid by nearest neighbour."""
+    import rasterio
+    from rasterio.crs import CRS
+    from rasterio.transform import Affine
+    from rasterio.warp import Resampling, reproject, transform
+
+    from advorch.pipelines.samples import Series
+
+    with rasterio.open(spec.path) as src:
+        raw = src.read(1)
+        on_grid = np.full((ds.sizes["y"], ds.sizes["x"]), -1, np.int64)
+        reproject(raw.astype(np.int64), on_grid, src_transform=src.transform, src_crs=src.crs,
+                  src_nodata=src.nodata, dst_transform=Affine(*ds.attrs["transform"]),
+                  dst_crs=CRS.from_string(ds.attrs["crs"]), dst_nodata=-1, resampling=Resampling.nearest)
+    names = np.array([spec.classes.get(str(v), "") for v in range(int(on_grid.max()) + 2)], dtype=object)
+    label = np.where(on_grid >= 0, names[np.maximum(on_grid, 0)], "")
+    rows, cols = np.nonzero(label != "")
+    if not len(rows):
+        quarantine.add(spec.path, f"no labelled pixel: no value of data.modis.labels.classes on tile "
+                                  f"{ds.attrs['tile']}")
+    values = ds["filled"].values[:, :, rows, cols].transpose(2, 0, 1)  # (n, time, band)
+    bands = [str(b) for b in ds.band.values]
+    if "ndvi" in ds:
+        values = np.concatenate([values, ds["ndvi"].values[:, rows, cols].T[..., None]], axis=2)
+        bands.append("ndvi")
+    x, y = ds.x.values[cols], ds.y.values[rows]
+    lon, lat = transform(CRS.from_string(ds.attrs["crs"]), "EPSG:4326", x.tolist(), y.tolist())
+    tile = ds.attrs["tile"]
+    return Series(np.array([f"{tile}:{r}:{c}" for r, c in zip(rows, cols, strict=True)], dtype=object),
+                  label[rows, cols].astype(str), values.astype(np.float32), bands, np.asarray(lon),
+                  np.asarray(lat), np.full(len(rows), str(ds.time.values[0])[:10]))
 
 
 def name_date(name: str, pattern: str) -> tuple[_dt.date, str | None]:
@@ -239,11 +274,14 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
     from advorch.pipelines.cluster import dask_client
 
     m, output = cfg.modis, output or cfg.output
+    if m.labels and not m.granules:
+        raise PipelineError("data.modis.labels labels the pixels of granule cubes: list data.modis.granules")
     if not (m.granules or m.geotiffs or m.samples):
         raise PipelineError("data.modis names no granules, geotiffs or samples: nothing to build")
     granules = expand(m.granules, "data.modis.granules") if m.granules else []
     tiffs = expand(m.geotiffs, "data.modis.geotiffs") if m.geotiffs else []
     sample_files = [m.samples.path] if m.samples else []
+    sample_files += [m.labels.path] if m.labels else []
     previous = read_manifest(output)
     known = {s["path"]: s for s in (previous or {}).get("sources", [])}
     sources = [file_fingerprint(p, known.get(p)) for p in granules + tiffs + sample_files]
@@ -252,11 +290,12 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
         return Summary(output, True, previous["rows"], previous["quarantine"]["count"],
                        {k: v["rows"] for k, v in previous["splits"].items()}, previous)
 
-    from advorch.pipelines.samples import sample_sequences
+    from advorch.pipelines.samples import concat, read_samples, write_sequences
 
     quarantine = Quarantine()
     writer = DatasetWriter(output, kind="modis")
     cubes: dict[str, dict[str, Any]] = {}
+    series = []
     try:
         with dask_client(dask_address) as client:
             by_tile: dict[str, list[dict[str, Any]]] = {}
@@ -270,6 +309,8 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
             for tile, gs in sorted(by_tile.items()):
                 ds = tile_cube(gs, m, quarantine)
                 write_zarr(ds, writer.side_dir_uri(f"cube-{tile}.zarr"))
+                if m.labels:
+                    series.append(pixel_series(ds, m.labels, quarantine))
                 cubes[tile] = describe(ds)
             if tiffs:
                 ds = geotiff_cube(tiffs, m, client, quarantine)
@@ -278,8 +319,10 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
                     cubes["geotiff"] = describe(ds)
         if (granules or tiffs) and not cubes and not m.samples:
             raise PipelineError(f"no granule or GeoTIFF was usable: {quarantine.by_reason()}")
-        splits, schema, classes, shapes, extra = ({}, pa.schema([]), [], {}, {}) if not m.samples else \
-            sample_sequences(cfg, writer, quarantine)
+        if m.samples:
+            series.append(read_samples(cfg, quarantine))
+        splits, schema, classes, shapes, extra = ({}, pa.schema([]), [], {}, {}) if not series else \
+            write_sequences(concat(series), cfg, writer, quarantine, "data.modis")
         manifest = writer.commit(splits=splits, schema=schema, sources=sources,
                                  quarantine=quarantine, params=params, classes=classes, shapes=shapes,
                                  extra={"cubes": cubes, **extra})

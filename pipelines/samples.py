@@ -16,6 +16,7 @@ with them, so a perturbation's ε is in standard deviations).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,13 +41,42 @@ def windows(values: np.ndarray, window: int, stride: int) -> np.ndarray:
     return np.ascontiguousarray(view.transpose(0, 1, 3, 2)).reshape(n, view.shape[1], window * b)
 
 
-def sample_sequences(cfg: DataConfig, writer: DatasetWriter, quarantine: Quarantine):
-    """Write the sample table's sequences as parts; (splits, schema, classes, shapes, extra).
+@dataclass
+class Series:
+    """n labelled series: values (n, D, B) over D composites of bands B, in date order."""
+
+    ids: np.ndarray
+    labels: np.ndarray  # class names
+    values: np.ndarray
+    bands: list[str]
+    lon: np.ndarray
+    lat: np.ndarray
+    start: np.ndarray  # first date, "YYYY-MM-DD"
+
+
+def concat(parts: list[Series]) -> Series:
+    """Series from several sources as one (same dates count and bands).
 
     Raises:
-        PipelineError: a configured column is missing, or no sample is usable.
+        PipelineError: the sources disagree on dates or bands.
     """
-    spec, m = cfg.modis.samples, cfg.modis
+    if len({(p.values.shape[1], tuple(p.bands)) for p in parts}) > 1:
+        raise PipelineError("the label raster's pixels and the samples have different dates or bands: "
+                            "build them as two datasets")
+    def joined(name: str) -> np.ndarray:
+        return np.concatenate([getattr(p, name) for p in parts])
+
+    return Series(joined("ids"), joined("labels"), joined("values"), parts[0].bands, joined("lon"),
+                  joined("lat"), joined("start"))
+
+
+def read_samples(cfg: DataConfig, quarantine: Quarantine) -> Series:
+    """The sample table as series; rows and samples that cannot be used are quarantined.
+
+    Raises:
+        PipelineError: a configured column is missing.
+    """
+    spec = cfg.modis.samples
     table = pd.read_csv(spec.path, dtype={spec.id: str, spec.label: str, spec.date: str})
     needed = [spec.id, spec.label, spec.date, spec.lon, spec.lat, *spec.bands]
     missing = [c for c in needed if c not in table.columns]
@@ -67,25 +97,37 @@ def sample_sequences(cfg: DataConfig, writer: DatasetWriter, quarantine: Quarant
                                   f"samples have {d}", line=line)
     table = table[table[spec.id].map(counts) == d]
     values = table[spec.bands].apply(pd.to_numeric, errors="coerce").to_numpy(np.float32)
-    values = values.reshape(-1, d, len(spec.bands))
-    bands = list(spec.bands)
+    first = table.groupby(spec.id, sort=False).head(1)
+    return Series(first[spec.id].to_numpy().astype(str), first[spec.label].to_numpy().astype(str),
+                  values.reshape(-1, d, len(spec.bands)), list(spec.bands),
+                  first[spec.lon].to_numpy(np.float64), first[spec.lat].to_numpy(np.float64),
+                  first["_date"].dt.strftime("%Y-%m-%d").to_numpy().astype(str))
+
+
+def write_sequences(series: Series, cfg: DataConfig, writer: DatasetWriter, quarantine: Quarantine,
+                    source: str):
+    """NDVI, gap fill, windows, split; write the parts. (splits, schema, classes, shapes, extra).
+
+    Raises:
+        PipelineError: no series is usable.
+    """
+    m, values, bands = cfg.modis, series.values, list(series.bands)
     if m.ndvi and "ndvi" not in bands and {"red", "nir"} <= set(bands):
         red, nir = values[..., bands.index("red")], values[..., bands.index("nir")]
         values = np.concatenate([values, ((nir - red) / (nir + red))[..., None]], axis=2)
         bands.append("ndvi")
     values = gap_fill(values, axis=1)
-    first = table.groupby(spec.id, sort=False).head(1)
     empty = np.isnan(values).all(axis=1).any(axis=1)  # some band never observed
-    for (_, r) in first[empty].iterrows():
-        quarantine.add(spec.path, f"all fill: sample {r[spec.id]} has a band with no value",
-                       line=int(r["_line"]))
-    first, values = first[~empty], values[~empty]
-    if not len(first):
-        raise PipelineError(f"{spec.path}: no usable sample ({quarantine.by_reason()})")
-
-    x = windows(values, m.window, m.stride)
-    classes = sorted(first[spec.label].unique())
-    labels = first[spec.label].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int32)
+    for sid in series.ids[empty]:
+        quarantine.add(source, f"all fill: series {sid} has a band with no value")
+    keep = ~empty
+    if not keep.any():
+        raise PipelineError(f"{source}: no usable series ({quarantine.by_reason()})")
+    x = windows(values[keep], m.window, m.stride)
+    names = series.labels[keep]
+    classes = sorted(set(names.tolist()))
+    labels = pd.Index(classes).get_indexer(names).astype(np.int32)
+    ids, lon, lat, start = (a[keep] for a in (series.ids, series.lon, series.lat, series.start))
     split = stratified_codes(labels, cfg.test_fraction, cfg.val_fraction, cfg.seed)
     order = np.random.default_rng(cfg.seed + 1).permutation(len(labels))  # parts mix the classes
     t, f = x.shape[1:]
@@ -94,20 +136,18 @@ def sample_sequences(cfg: DataConfig, writer: DatasetWriter, quarantine: Quarant
         rows = order[split[order] == k]
         per_class = {c: int((labels[rows] == i).sum()) for i, c in enumerate(classes)}
         splits[name] = {"parts": [], "classes": per_class}
-        for index, start in enumerate(range(0, len(rows), cfg.part_rows)):
-            r = rows[start:start + cfg.part_rows]
+        for index, begin in enumerate(range(0, len(rows), cfg.part_rows)):
+            r = rows[begin:begin + cfg.part_rows]
             flat = pa.array(x[r].reshape(-1), pa.float32())
             part = pa.table({
-                "id": first[spec.id].to_numpy()[r].astype(str), "label": labels[r],
+                "id": ids[r], "label": labels[r],
                 "features": pa.FixedSizeListArray.from_arrays(flat, t * f).cast(pa.list_(pa.float32())),
-                "lon": first[spec.lon].to_numpy(np.float64)[r],
-                "lat": first[spec.lat].to_numpy(np.float64)[r],
-                "start": first["_date"].dt.strftime("%Y-%m-%d").to_numpy()[r].astype(str)}, schema=SCHEMA)
+                "lon": lon[r], "lat": lat[r], "start": start[r]}, schema=SCHEMA)
             n = write_part(writer.part_uri(name, index), part)
             splits[name]["parts"].append({"index": index, "rows": n})
-    names = [f"{b}@{w}" for w in range(m.window) for b in bands]
     train = x[split == 0].reshape(-1, f)
     stats = {"mean": np.nanmean(train, 0).tolist(), "std": np.maximum(np.nanstd(train, 0), 1e-6).tolist()}
-    extra = {"feature_names": names, "feature_stats": stats, "steps": t, "dates_per_sample": d,
+    extra = {"feature_names": [f"{b}@{w}" for w in range(m.window) for b in bands], "feature_stats": stats,
+             "steps": t, "dates_per_series": values.shape[1],
              "class_counts": {c: int((labels == i).sum()) for i, c in enumerate(classes)}}
     return splits, SCHEMA, classes, {"features": [t, f], "label": []}, extra

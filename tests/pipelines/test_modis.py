@@ -228,3 +228,41 @@ def test_sequence_regimes_train_on_feature_windows(built: Path, regime: list[str
     assert any(not torch.equal(a, b) for a, b in zip(before, w.model.parameters(), strict=True))
     probs = Serving(w.model).eval()(w.train.features[:3])  # the logged model takes raw features
     assert probs.shape == (3, 9) and torch.allclose(probs.sum(1), torch.ones(3))
+
+
+def test_label_raster_labels_the_tile_pixels_by_nearest_neighbour(tmp_path: Path, real, dask_address) -> None:
+    """A class raster in lon/lat (generated: the real data has no CDL) over the real granule:
+    west half class 1 (corn), east half 5 (soybean), a nodata border; 9 = unmapped."""
+    from rasterio.transform import from_bounds
+    from rasterio.warp import transform
+
+    g = read_hdf_granule(str(GRANULE))
+    x, y = g["grid"].coords()
+    lon, lat = transform(g["grid"].crs, "EPSG:4326", [x[0], x[-1], x[0], x[-1]], [y[0], y[0], y[-1], y[-1]])
+    w, s, e, n = min(lon) - 0.01, min(lat) - 0.01, max(lon) + 0.01, max(lat) + 0.01
+    raster = np.full((200, 200), 1, np.uint8)
+    raster[:, 100:] = 5
+    raster[:5] = 255  # nodata
+    raster[190:] = 9  # a class the config does not map
+    path = tmp_path / "cdl.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=200, height=200, count=1, dtype="uint8", nodata=255,
+                       crs="EPSG:4326", transform=from_bounds(w, s, e, n, 200, 200)) as dst:
+        dst.write(raster, 1)
+    cfg = config(tmp_path / "out", "data.modis.geotiffs=[]", "data.modis.window=1",
+                 f'data.modis.labels={{path="{path}", classes={{"1" = "corn", "5" = "soybean"}}}}',
+                 "data.modis.mask_clouds=false")
+    cfg.data.modis.samples = None
+    summary = modis.run(cfg.data, dask_address=dask_address)
+    df = pd.concat([read_split(str(tmp_path / "out"), s).to_pandas() for s in ("train", "val", "test")])
+    classes = summary.manifest["classes"]
+    assert classes == ["corn", "soybean"] and summary.manifest["shapes"]["features"] == [1, 8]  # 7 bands + NDVI
+    # each pixel's class is the raster's class at its centre (nearest neighbour)
+    with rasterio.open(path) as src:
+        for _, r in df.sample(50, random_state=0).iterrows():
+            row, col = src.index(r["lon"], r["lat"])
+            assert {1: "corn", 5: "soybean"}[int(raster[row, col])] == classes[r["label"]]
+    assert len(df) < 73 * 66 and set(df["label"]) == {0, 1}  # border pixels unlabelled
+    tile, row, col = df["id"].iloc[0].split(":")
+    cube = open_cube(tmp_path / "out", "h18v04")
+    np.testing.assert_allclose(np.asarray(df["features"].iloc[0])[:7],
+                               cube["filled"].values[0, :, int(row), int(col)], rtol=1e-6)
