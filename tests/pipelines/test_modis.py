@@ -255,7 +255,8 @@ def test_label_raster_labels_the_tile_pixels_by_nearest_neighbour(tmp_path: Path
     summary = modis.run(cfg.data, dask_address=dask_address)
     df = pd.concat([read_split(str(tmp_path / "out"), s).to_pandas() for s in ("train", "val", "test")])
     classes = summary.manifest["classes"]
-    assert classes == ["corn", "soybean"] and summary.manifest["shapes"]["features"] == [1, 8]  # 7 bands + NDVI
+    assert classes == ["corn", "soybean"]
+    assert summary.manifest["shapes"]["features"] == [1, 8]  # 7 bands + NDVI
     # each pixel's class is the raster's class at its centre (nearest neighbour)
     with rasterio.open(path) as src:
         for _, r in df.sample(50, random_state=0).iterrows():
