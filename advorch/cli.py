@@ -240,6 +240,12 @@ def explain(run_id: Annotated[str, typer.Argument(help="MLflow run id of a train
         items, used, classes = explain_run(run_id, n, eps, mlflow_uri)
     except LookupError as e:
         fail(str(e), code=1)
+    if items and not hasattr(items[0], "tokens"):  # feature sequences (MODIS): Fig. 4
+        for x in items:
+            out.print(f"{classes[x.label]}: attention shift at ε = {used:g}: "
+                      + ", ".join(f"{k} {x.shift(k):.3f}" for k in x.perturbed_attention))
+        out.print("NDVI vs class mean and attention clean vs perturbed: logged as explain/series.png")
+        return
     changed = 0
     for x in items:
         out.rule(f"{classes[x.label]}")

@@ -64,9 +64,11 @@ def explain_run(run_id: str, n: int = 5, epsilon: float | None = None, mlflow_ur
 
     model, cfg, data, uri = load_run(run_id, mlflow_uri)
     manifest = read_manifest(data)
-    vocab = json.loads(read_side_file(data, "vocab.json", manifest))
     eps = cfg.regime.epsilon if epsilon is None else epsilon
     rows = load_slice(data, split, 0, 1, cfg.model.max_length, manifest)
+    if rows.features is not None:
+        return explain_series_run(model, manifest, data, rows, n, eps, uri, run_id), eps, manifest["classes"]
+    vocab = json.loads(read_side_file(data, "vocab.json", manifest))
     items = explain(model, make_batch(rows, torch.arange(min(n, len(rows))), torch.device("cpu")), vocab, eps)
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "explanations.html").write_text(as_html(items, manifest["classes"], eps))
@@ -74,3 +76,26 @@ def explain_run(run_id: str, n: int = 5, epsilon: float | None = None, mlflow_ur
         for name in ("explanations.html", "attention.png"):
             tracking.log_file(uri, run_id, f"{tmp}/{name}", "explain")
     return items, eps, manifest["classes"]
+
+
+def explain_series_run(model: Any, manifest: dict[str, Any], data: str, rows: Any, n: int, eps: float,
+                       uri: str, run_id: str) -> list:
+    """Fig. 4 for a feature-sequence run: NDVI vs class mean and attention clean vs perturbed."""
+    import torch
+
+    from advorch.trainers.data import load_slice, make_batch
+    from advorch.trainers.explain_series import class_mean_ndvi, explain_series, series_plot
+    from advorch.tuning import tracking
+
+    names = manifest.get("feature_names", [])
+    if "ndvi@0" not in names:
+        raise LookupError("the dataset has no ndvi feature (data.modis.ndvi, or an ndvi band)")
+    col = names.index("ndvi@0")
+    train = load_slice(data, "train", 0, 1, 10**6, manifest)
+    means = class_mean_ndvi(train.features, train.labels, col, len(manifest["classes"]))
+    items = explain_series(model, make_batch(rows, torch.arange(min(n, len(rows))), torch.device("cpu")),
+                           eps, col, means)
+    with tempfile.TemporaryDirectory() as tmp:
+        series_plot(items, manifest["classes"], eps, f"{tmp}/series.png")
+        tracking.log_file(uri, run_id, f"{tmp}/series.png", "explain")
+    return items

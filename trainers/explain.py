@@ -41,16 +41,27 @@ def _attention(model: nn.Module, batch: Batch, r: Tensor | float) -> Tensor:
     return model(model.embed(batch) + r, batch).attention
 
 
-def explain(model: nn.Module, batch: Batch, vocab: list[str], epsilon: float) -> list[Explanation]:
-    """Explanations for every sequence of `batch` at radius ε."""
+def perturbations(model: nn.Module, batch: Batch, epsilon: float) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """(input e, clean attention α, {"at": r (eq. 2), "attention_at": r (eq. 11)}) at radius ε."""
     model.eval()
     e = model.embed(batch).detach().requires_grad_(True)
     out = model(e, batch)
     (g,) = torch.autograd.grad(classification_loss(out, batch), e)
     alpha = out.attention.detach()
     mask = batch["mask"]
-    methods = {"at": sequence_radius(g, mask, epsilon),
-               "attention_at": attention_radius(g, alpha, mask, epsilon)}
+    return e, alpha, {"at": sequence_radius(g, mask, epsilon),
+                      "attention_at": attention_radius(g, alpha, mask, epsilon)}
+
+
+def perturbed_attention(model: nn.Module, batch: Batch, i: int, r: Tensor) -> Tensor:
+    """Attention of sequence i of the batch under its perturbation r (B, T, D)."""
+    return _attention(model, {k: v[i:i + 1] for k, v in batch.items() if k != "unlabelled"}, r[i:i + 1])[0]
+
+
+def explain(model: nn.Module, batch: Batch, vocab: list[str], epsilon: float) -> list[Explanation]:
+    """Explanations for every sequence of `batch` at radius ε."""
+    e, alpha, methods = perturbations(model, batch, epsilon)
+    mask = batch["mask"]
     table = model.embedding.weight.detach()
     result = []
     for i in range(len(mask)):
@@ -60,8 +71,7 @@ def explain(model: nn.Module, batch: Batch, vocab: list[str], epsilon: float) ->
         for name, r in methods.items():
             near = nearest_tokens(e[i, :n].detach() + r[i, :n], table)
             perturbed[name] = [vocab[j] for j in near.tolist()]
-            att[name] = _attention(model, {k: v[i:i + 1] for k, v in batch.items() if k != "unlabelled"},
-                                   r[i:i + 1])[0, :n].tolist()
+            att[name] = perturbed_attention(model, batch, i, r)[:n].tolist()
         result.append(Explanation([vocab[j] for j in ids.tolist()], int(batch["label"][i]),
                                   alpha[i, :n].tolist(), perturbed, att))
     return result

@@ -267,3 +267,32 @@ def test_label_raster_labels_the_tile_pixels_by_nearest_neighbour(tmp_path: Path
     cube = open_cube(tmp_path / "out", "h18v04")
     np.testing.assert_allclose(np.asarray(df["features"].iloc[0])[:7],
                                cube["filled"].values[0, :, int(row), int(col)], rtol=1e-6)
+
+
+def test_series_explanation_fig4(built: Path, tmp_path: Path) -> None:
+    """NDVI vs class mean and attention clean vs perturbed (paper Fig. 4) on trained weights."""
+    import torch
+
+    from advorch.trainers.data import make_batch
+    from advorch.trainers.explain_series import class_mean_ndvi, explain_series, series_plot
+    from advorch.trainers.loop import setup_worker, train_epoch
+
+    cfg = config(built, "model.hidden_dim=16", "train.batch_size=64", 'regime.name="attention_at"')
+    w = setup_worker(cfg, str(built))
+    for epoch in range(2):
+        train_epoch(w, epoch)
+    m = read_manifest(str(built))
+    col = m["feature_names"].index("ndvi@0")
+    means = class_mean_ndvi(w.train.features, w.train.labels, col, len(m["classes"]))
+    batch = make_batch(w.train, torch.arange(3), torch.device("cpu"))
+    items = explain_series(w.model, batch, 1.0, col, means)
+    for i, x in enumerate(items):
+        assert x.ndvi == w.train.features[i, :, col].tolist()  # the raw NDVI of the sample
+        same_class = w.train.features[w.train.labels == x.label]
+        assert x.class_mean == pytest.approx(same_class[:, :, col].mean(0).tolist())
+        assert sum(x.attention) == pytest.approx(1.0, abs=1e-5)
+        assert set(x.perturbed_attention) == {"at", "attention_at"}
+        assert all(sum(a) == pytest.approx(1.0, abs=1e-5) for a in x.perturbed_attention.values())
+        assert 0.0 <= x.shift("at") <= 1.0 and x.shift("at") > 0  # ε = 1 sd moves the attention
+    series_plot(items, m["classes"], 1.0, str(tmp_path / "series.png"))
+    assert (tmp_path / "series.png").stat().st_size > 10_000
