@@ -30,10 +30,12 @@ READ = [f"sur_refl_b0{i}" for i in range(1, 8)] + ["sur_refl_state_500m"]
 
 
 def build_input(folder: Path, n: int) -> list[Path]:
+    """n copies named for consecutive 8-day composites from 2017 on (46 a year)."""
+    folder.mkdir(parents=True, exist_ok=True)
     files = []
     for k in range(n):
-        doy = 1 + 8 * k
-        files.append(folder / f"MOD09A1.A2017{doy:03d}.h18v04.006.copy.hdf")
+        year, doy = 2017 + k // 46, 1 + 8 * (k % 46)
+        files.append(folder / f"MOD09A1.A{year}{doy:03d}.h18v04.006.copy.hdf")
         shutil.copyfile(GRANULE, files[-1])
     return files
 
@@ -57,40 +59,54 @@ def main() -> None:
     from advorch.config import load_config
     from advorch.pipelines import modis
 
+    sizes = [args.granules, 4 * args.granules]  # the difference removes the fixed costs
+    times: dict[tuple[str, int], list[float]] = {}
+    mb = {}
     with tempfile.TemporaryDirectory() as tmp:
-        files = build_input(Path(tmp), args.granules)
-        mb = sum(f.stat().st_size for f in files) / 1e6
-        out = Path(tmp) / "out"
-        cfg = load_config(None, ['data.kind="modis"', f'data.output="{out}"',
-                                 f'data.modis.granules=["{tmp}/*.hdf"]'])
-        times: dict[str, list[float]] = {"bare pyhdf decoding": [], "granules → Zarr cube (pipeline)": []}
-        for _ in range(args.repeats):  # alternating, so drift hits both
-            t0 = time.perf_counter()
-            bare(files)
-            times["bare pyhdf decoding"].append(time.perf_counter() - t0)
-            shutil.rmtree(out, ignore_errors=True)
-            t0 = time.perf_counter()
-            summary = modis.run(cfg.data)
-            times["granules → Zarr cube (pipeline)"].append(time.perf_counter() - t0)
-            assert summary.manifest["cubes"]["h18v04"]["dims"]["time"] == args.granules
+        for n in sizes:
+            files = build_input(Path(tmp) / f"in{n}", n)
+            mb[n] = sum(f.stat().st_size for f in files) / 1e6
+            out = Path(tmp) / f"out{n}"
+            cfg = load_config(None, ['data.kind="modis"', f'data.output="{out}"',
+                                     f'data.modis.granules=["{tmp}/in{n}/*.hdf"]'])
+            modis.run(cfg.data)  # warm-up: imports, first Dask start
+            for _ in range(args.repeats):  # alternating, so drift hits both
+                t0 = time.perf_counter()
+                bare(files)
+                times.setdefault(("bare pyhdf decoding", n), []).append(time.perf_counter() - t0)
+                shutil.rmtree(out, ignore_errors=True)
+                t0 = time.perf_counter()
+                summary = modis.run(cfg.data)
+                times.setdefault(("granules → Zarr cube (pipeline)", n), []).append(time.perf_counter() - t0)
+                assert summary.manifest["cubes"]["h18v04"]["dims"]["time"] == n
     rows, lines = [], []
-    for name, secs in times.items():
-        rates = [mb / s for s in secs]
-        rows += report.summary_rows(name, "mb_per_second", rates, "MB/s")
-        lines.append(f"| {name} | {statistics.median(secs):.2f} | {statistics.median(rates):.1f} |")
-    ratio = statistics.median(times["bare pyhdf decoding"]) / statistics.median(
-        times["granules → Zarr cube (pipeline)"])
-    rows.append(report.row("pipeline / bare", "throughput_ratio_median", ratio, None, args.repeats, "x"))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for (name, n), secs in times.items():
+        rates = [mb[n] / s for s in secs]
+        rows += report.summary_rows(f"{name}, {n} granules", "mb_per_second", rates, "MB/s")
+        lines.append(f"| {name} | {n} | {mb[n]:.0f} | {med[(name, n)]:.2f} | "
+                     f"{statistics.median(rates):.1f} |")
+    small, big = sizes
+    marginal = {name: (mb[big] - mb[small]) / (med[(name, big)] - med[(name, small)])
+                for name in ("bare pyhdf decoding", "granules → Zarr cube (pipeline)")}
+    whole = med[("bare pyhdf decoding", big)] / med[("granules → Zarr cube (pipeline)", big)]
+    ratio = marginal["granules → Zarr cube (pipeline)"] / marginal["bare pyhdf decoding"]
+    rows.append(report.row("pipeline / bare, whole run", "throughput_ratio_median", whole, None,
+                           args.repeats, "x"))
+    rows.append(report.row("pipeline / bare, marginal per granule", "throughput_ratio_median", ratio, None,
+                           args.repeats, "x"))
     notes = "\n".join([
-        "| step | seconds (median) | MB/s (median) |", "|---|---|---|", *lines, "",
-        f"- Pipeline throughput = {ratio:.2f}x bare decoding (target ≥ 0.5x).",
-        f"- Input: {args.granules} copies of the real MOD09A1 h18v04 granule (66x73 px subset, "
-        f"{mb:.0f} MB of HDF4) named for the 8-day composites of 2017; {args.repeats} runs each, "
-        "alternating. The pipeline run includes its Dask LocalCluster start.",
+        "| step | granules | MB | seconds (median) | MB/s (median) |", "|---|---|---|---|---|", *lines, "",
+        f"- Whole run at {big} granules: pipeline = {whole:.3f}x bare decoding. Marginal (the extra "
+        f"{big - small} granules, fixed costs removed): bare {marginal['bare pyhdf decoding']:.0f} MB/s, "
+        f"pipeline {marginal['granules → Zarr cube (pipeline)']:.0f} MB/s = {ratio:.3f}x. Target ≥ 0.5x.",
+        f"- Input: copies of the one real MOD09A1 h18v04 granule (a 66x73 px subset in a 2.3 MB file) "
+        "named for consecutive 8-day composites from 2017 on; per granule, bare decoding reads only "
+        "≈ 0.1 MB of pixels, so the pipeline's per-granule work (a Dask task, masks, gap fill, Zarr) "
+        f"dominates. {args.repeats} runs each, alternating, after one warm-up run per size.",
     ])
     print(notes)
     report.write("modis_throughput", rows, notes)
-
 
 if __name__ == "__main__":
     main()

@@ -247,9 +247,12 @@ def _read_tiff(path: str, scale: float) -> dict[str, Any]:
 
 def write_zarr(ds, uri: str) -> None:
     """The cube as Zarr, chunked by whole tiles and a year of composites (tens of MB, not
-    millions of tiny chunks)."""
-    chunks = {"time": min(ds.sizes["time"], 46), "band": -1, "y": -1, "x": -1}
-    ds.chunk({k: v for k, v in chunks.items() if k in ds.dims}).to_zarr(uri, mode="w", consolidated=False)
+    millions of tiny chunks). Written from memory, not through Dask: the arrays are on the
+    driver already, and a Dask graph would ship them to the workers and back."""
+    sizes = {"time": min(ds.sizes["time"], 46)}
+    encoding = {name: {"chunks": tuple(sizes.get(d, ds.sizes[d]) for d in var.dims)}
+                for name, var in ds.data_vars.items()}
+    ds.to_zarr(uri, mode="w", consolidated=False, encoding=encoding)
 
 
 def describe(ds) -> dict[str, Any]:
@@ -297,7 +300,8 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
     cubes: dict[str, dict[str, Any]] = {}
     series = []
     try:
-        with dask_client(dask_address) as client:
+        # a local cluster of threads: a granule's arrays then need no copy back to the driver
+        with dask_client(dask_address, processes=False) as client:
             by_tile: dict[str, list[dict[str, Any]]] = {}
             futures = client.map(_read_granule, granules, bands=m.bands, state=m.state_layer)
             for fut in track(futures, "reading granules", total=len(futures)):

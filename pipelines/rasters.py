@@ -111,6 +111,20 @@ def state_masks(state: np.ndarray) -> dict[str, np.ndarray]:
     return {"cloud": (cloud_state == 1) | (cloud_state == 2), "shadow": (state >> 2 & 1) == 1}
 
 
+def _attrs(obj: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """The named attributes an HDF object has, read one by one by index: pyhdf's attributes()
+    decodes every text attribute byte by byte in Python (ms per granule)."""
+    from pyhdf.error import HDF4Error
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = obj.attr(obj.attr(name).index()).get()  # by name, get() fails on SD objects
+        except HDF4Error:
+            continue
+    return out
+
+
 def read_hdf_granule(path: str, bands: list[str] | None = None, state: str = STATE) -> dict[str, Any]:
     """One MOD09-style granule: {"grid", "date", "tile", "reflectance" (band, y, x) float32 with
     NaN at fill, "fill", "cloud", "shadow" (y, x) bool, "bands"}.
@@ -134,12 +148,15 @@ def read_hdf_granule(path: str, bands: list[str] | None = None, state: str = STA
         missing = [b for b in [*bands, state] if b not in have]
         if missing:
             raise RasterError(f"missing band: {', '.join(missing)} (it has {', '.join(sorted(have))})")
-        grid = parse_struct_metadata(sd.attributes().get("StructMetadata.0", ""), bands[0])
+        struct = _attrs(sd, ("StructMetadata.0",)).get("StructMetadata.0")
+        if struct is None:
+            raise RasterError("no StructMetadata.0 attribute: not an HDF-EOS grid file")
+        grid = parse_struct_metadata(struct, bands[0])
         out = np.empty((len(bands), grid.height, grid.width), np.float32)
         fill = np.zeros((grid.height, grid.width), bool)
         for i, name in enumerate(bands):
             ds = sd.select(name)
-            attrs = ds.attributes()
+            attrs = _attrs(ds, ("_FillValue", "scale_factor", "add_offset"))
             raw = ds.get()
             if raw.shape != (grid.height, grid.width):
                 raise RasterError(f"{name} is {raw.shape}, the grid {grid.height}x{grid.width}")
