@@ -12,6 +12,12 @@ interpolation in time between the pixel's nearest valid observations, and by the
 valid one before the first / after the last. The cube keeps both `reflectance` (masked,
 NaN where not valid) and `filled`; `valid` says which is which.
 
+Incremental: the manifest records, per tile, the granules (path, sha256) its cube holds. A
+re-run keeps a tile's cube as it is when its granules are unchanged, and extends it when
+granules were only added (new dates): the old ones are read back from the cube, not decoded
+again, and the time series is gap-filled anew. Any other change to a tile rebuilds it; a
+change of parameters rebuilds everything.
+
 Quarantined, with the file and the reason: unreadable or truncated HDF, a granule whose
 grid differs from its tile's, a missing band, a duplicate date; recorded as gaps: a
 composite missing from a tile's time series (the cube holds it as all-NaN, then filled);
@@ -101,10 +107,6 @@ def tile_cube(granules: list[dict[str, Any]], cfg: ModisConfig, quarantine: Quar
             kept[g["date"]] = g
     dates = composite_dates(min(kept), max(kept), cfg.composite_days)
     tile = granules[0]["tile"]
-    for d in dates:
-        if d not in kept:
-            quarantine.add(tile, f"date gap: no composite for {d} (day {d.timetuple().tm_yday}); "
-                                 "held as missing and gap-filled")
     shape = (len(cfg.bands), grid.height, grid.width)
     refl = np.stack([kept[d]["reflectance"] if d in kept else np.full(shape, np.nan, np.float32)
                      for d in dates])
@@ -116,11 +118,6 @@ def tile_cube(granules: list[dict[str, Any]], cfg: ModisConfig, quarantine: Quar
     masked = np.where(valid[:, None], refl, np.nan).astype(np.float32)
     filled = gap_fill(masked)
     x, y = grid.coords()
-    never = ~valid.any(0)
-    for r, c in zip(*np.nonzero(never), strict=True):
-        quarantine.add(tile, f"no valid observation: pixel row {r} col {c} is fill, cloud or shadow "
-                             "on every date",
-                       raw={"x": float(x[c]), "y": float(y[r])})
     cube = ("time", "band", "y", "x")
     ds = xr.Dataset(
         {"reflectance": (cube, masked), "filled": (cube, filled), "valid": (("time", "y", "x"), valid),
@@ -128,6 +125,8 @@ def tile_cube(granules: list[dict[str, Any]], cfg: ModisConfig, quarantine: Quar
         coords={"time": np.array(dates, dtype="datetime64[ns]"), "band": np.array(cfg.bands, dtype=object),
                 "y": y, "x": x},
         attrs={"crs": grid.crs, "transform": list(grid.transform), "tile": tile, "grid": grid.name,
+               "corners": [*grid.upper_left, *grid.lower_right],
+               "granules": {str(d): g["path"] for d, g in kept.items()},
                "gap_fill": "linear in time; nearest valid at the ends"})
     if "sur_refl_b01" in cfg.bands and "sur_refl_b02" in cfg.bands:
         red, nir = ds["filled"].sel(band="sur_refl_b01"), ds["filled"].sel(band="sur_refl_b02")
@@ -168,6 +167,43 @@ def pixel_series(ds, spec: LabelRaster, quarantine: Quarantine):
     return Series(np.array([f"{tile}:{r}:{c}" for r, c in zip(rows, cols, strict=True)], dtype=object),
                   label[rows, cols].astype(str), values.astype(np.float32), bands, np.asarray(lon),
                   np.asarray(lat), np.full(len(rows), str(ds.time.values[0])[:10]))
+
+
+def record_holes(ds, quarantine: Quarantine) -> None:
+    """Quarantine records of a tile cube's holes: composites no granule gave (held as missing,
+    gap-filled) and pixels with no valid observation on any date (left NaN)."""
+    tile, have = ds.attrs["tile"], set(ds.attrs["granules"])
+    for t in ds.time.values:
+        d = _dt.date.fromisoformat(str(t)[:10])
+        if str(d) not in have:
+            quarantine.add(tile, f"date gap: no composite for {d} (day {d.timetuple().tm_yday}); "
+                                 "held as missing and gap-filled")
+    never = ~ds["valid"].values.any(0)
+    x, y = ds.x.values, ds.y.values
+    for r, c in zip(*np.nonzero(never), strict=True):
+        quarantine.add(tile, f"no valid observation: pixel row {r} col {c} is fill, cloud or shadow "
+                             "on every date", raw={"x": float(x[c]), "y": float(y[r])})
+
+
+def cube_layers(uri: str) -> list[dict[str, Any]]:
+    """The granule layers a previous tile cube holds, as `tile_cube` takes them (masked values,
+    flags, grid): an incremental run extends a tile without decoding its old granules again."""
+    import xarray as xr
+
+    from advorch.pipelines.rasters import Grid
+
+    ds = xr.open_zarr(uri, consolidated=False)
+    a = ds.attrs
+    grid = Grid(a["grid"], ds.sizes["x"], ds.sizes["y"], tuple(a["corners"][:2]), tuple(a["corners"][2:]),
+                a["crs"])
+    times = [str(t)[:10] for t in ds.time.values]
+    layers = []
+    for date, path in a["granules"].items():
+        k = times.index(date)
+        layers.append({"path": path, "date": _dt.date.fromisoformat(date), "tile": a["tile"], "grid": grid,
+                       "reflectance": ds["reflectance"].values[k],
+                       **{f: ds[f].values[k] for f in ("fill", "cloud", "shadow")}})
+    return layers
 
 
 def name_date(name: str, pattern: str) -> tuple[_dt.date, str | None]:
@@ -255,10 +291,48 @@ def write_zarr(ds, uri: str) -> None:
     ds.to_zarr(uri, mode="w", consolidated=False, encoding=encoding)
 
 
-def describe(ds) -> dict[str, Any]:
-    """A cube's manifest entry: sizes, dates, CRS and transform."""
+def plan_tiles(granules: list[str], sources: list[dict[str, Any]],
+               previous: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Per tile (from the file names): which granules to decode, and whether the previous cube is
+    kept as it is ("keep": its side path) or extended ("layers": its side path).
+
+    A tile whose granules are exactly the ones its cube was built from is kept; one that only
+    gained granules (new dates, or files quarantined before) is extended: its old granules are
+    not decoded again; any other change rebuilds it."""
+    from advorch.pipelines.rasters import RasterError, granule_date
+
+    sha = {s["path"]: s["sha256"] for s in sources}
+    tiles: dict[str, list[str]] = {}
+    for path in granules:
+        try:
+            tiles.setdefault(granule_date(path)[1], []).append(path)
+        except RasterError:
+            tiles.setdefault("", []).append(path)  # read anyway: the reader quarantines it by name
+    plan = {}
+    for tile, paths in tiles.items():
+        before = (previous or {}).get("cubes", {}).get(tile, {}).get("granules", {})
+        side = (previous or {}).get("side_files", {}).get(f"cube-{tile}.zarr")
+        same = {p for p in paths if before.get(p) == sha[p]}
+        if side and same == set(paths) == set(before):
+            plan[tile] = {"decode": [], "keep": side, "layers": None}
+        elif side and same == set(before):
+            plan[tile] = {"decode": [p for p in paths if p not in same], "keep": None, "layers": side}
+        else:
+            plan[tile] = {"decode": paths, "keep": None, "layers": None}
+    return plan
+
+
+def open_zarr(uri: str):
+    import xarray as xr
+
+    return xr.open_zarr(uri, consolidated=False)
+
+
+def describe(ds, sources: dict[str, str] | None = None) -> dict[str, Any]:
+    """A cube's manifest entry: sizes, dates, CRS, transform, and the granules (path → sha256)
+    it was built from."""
     return {"dims": dict(ds.sizes), "dates": [str(d)[:10] for d in ds.time.values],
-            "crs": ds.attrs["crs"], "transform": ds.attrs["transform"]}
+            "crs": ds.attrs["crs"], "transform": ds.attrs["transform"], "granules": sources or {}}
 
 
 def _params(cfg: DataConfig) -> dict[str, Any]:
@@ -296,26 +370,40 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
     from advorch.pipelines.samples import concat, read_samples, write_sequences
 
     quarantine = Quarantine()
+    sha = {src["path"]: src["sha256"] for src in sources}
     writer = DatasetWriter(output, kind="modis")
     cubes: dict[str, dict[str, Any]] = {}
     series = []
     try:
+        plan = plan_tiles(granules, sources, previous if previous and previous.get("params") == params
+                          else None)
         # a local cluster of threads: a granule's arrays then need no copy back to the driver
         with dask_client(dask_address, processes=False) as client:
             by_tile: dict[str, list[dict[str, Any]]] = {}
-            futures = client.map(_read_granule, granules, bands=m.bands, state=m.state_layer)
+            todo = [p for t in plan.values() for p in t["decode"]]
+            futures = client.map(_read_granule, todo, bands=m.bands, state=m.state_layer)
             for fut in track(futures, "reading granules", total=len(futures)):
                 g = fut.result()
                 if "error" in g:
                     quarantine.add(g["path"], g["error"])
                 else:
                     by_tile.setdefault(g["tile"], []).append(g)
-            for tile, gs in sorted(by_tile.items()):
-                ds = tile_cube(gs, m, quarantine)
-                write_zarr(ds, writer.side_dir_uri(f"cube-{tile}.zarr"))
+            for tile, t in sorted(plan.items()):
+                if t["keep"]:  # nothing new for this tile: its cube stays as it is
+                    writer.keep_side(f"cube-{tile}.zarr", t["keep"])
+                    ds = open_zarr(f"{output}/{t['keep']}")
+                elif by_tile.get(tile) or t["layers"]:
+                    old = cube_layers(f"{output}/{t['layers']}") if t["layers"] else []
+                    ds = tile_cube(old + by_tile.get(tile, []), m, quarantine)
+                    write_zarr(ds, writer.side_dir_uri(f"cube-{tile}.zarr"))
+                else:
+                    continue
+                record_holes(ds, quarantine)
                 if m.labels:
                     series.append(pixel_series(ds, m.labels, quarantine))
-                cubes[tile] = describe(ds)
+                cubes[tile] = describe(ds, {p: sha[p] for p in ds.attrs["granules"].values()})
+            stats = {"granules_decoded": len(todo), "tiles_kept": sum(bool(t["keep"]) for t in plan.values()),
+                     "tiles_extended": sum(bool(t["layers"]) for t in plan.values())}
             if tiffs:
                 ds = geotiff_cube(tiffs, m, client, quarantine)
                 if ds is not None:
@@ -329,7 +417,7 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
             write_sequences(concat(series), cfg, writer, quarantine, "data.modis")
         manifest = writer.commit(splits=splits, schema=schema, sources=sources,
                                  quarantine=quarantine, params=params, classes=classes, shapes=shapes,
-                                 extra={"cubes": cubes, **extra})
+                                 extra={"cubes": cubes, "incremental": stats, **extra})
     except BaseException:
         writer.abort()
         raise

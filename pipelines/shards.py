@@ -136,6 +136,7 @@ class DatasetWriter:
                 "Choose a folder you can write to (data.output or --output)."
             ) from e
         self._side: dict[str, str] = {}
+        self._kept_side: set[str] = set()
 
     @property
     def staging_uri(self) -> str:
@@ -163,6 +164,11 @@ class DatasetWriter:
         final = f"{stem}-{self.build_id}.{ext}" if dot else f"{name}-{self.build_id}"
         self._side[name] = f"side/{final}"
         return f"{self._staging}/{final}"
+
+    def keep_side(self, name: str, previous: str) -> None:
+        """List a side entry of the previous build ("side/…") again as it is (an incremental build)."""
+        self._side[name] = previous
+        self._kept_side.add(previous)
 
     def commit(self, *, splits: dict[str, dict[str, Any]], schema: pa.Schema,
                sources: list[dict[str, Any]], quarantine: Quarantine, params: dict[str, Any],
@@ -202,7 +208,7 @@ class DatasetWriter:
             }
         if self._side:
             fs.makedirs(f"{root}/side", exist_ok=True)
-        for final in self._side.values():
+        for final in set(self._side.values()) - self._kept_side:
             fs.mv(f"{self._staging}/{Path(final).name}", f"{root}/{final}", recursive=True)
 
         manifest = {

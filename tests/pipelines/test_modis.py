@@ -296,3 +296,59 @@ def test_series_explanation_fig4(built: Path, tmp_path: Path) -> None:
         assert 0.0 <= x.shift("at") <= 1.0 and x.shift("at") > 0  # ε = 1 sd moves the attention
     series_plot(items, m["classes"], 1.0, str(tmp_path / "series.png"))
     assert (tmp_path / "series.png").stat().st_size > 10_000
+
+
+def test_new_dates_and_tiles_extend_without_decoding_old_granules(tmp_path: Path, real, dask_address) -> None:
+    """Copies of the real granule named for other dates and another tile (the date and tile come
+    from the file name)."""
+    import shutil
+
+    def add(tile: str, doy: int) -> None:
+        shutil.copyfile(GRANULE, tmp_path / "in" / f"MOD09A1.A2017{doy:03d}.{tile}.006.copy.hdf")
+
+    (tmp_path / "in").mkdir()
+    for doy in (193, 201, 217):  # 209 missing: a date gap
+        add("h18v04", doy)
+    cfg = config(tmp_path / "out", f'data.modis.granules=["{tmp_path}/in/*.hdf"]', "data.modis.geotiffs=[]",
+                 "data.modis.mask_clouds=false")
+    cfg.data.modis.samples = None
+    first = modis.run(cfg.data, dask_address=dask_address)
+    assert first.manifest["incremental"]["granules_decoded"] == 3
+    old = open_cube(tmp_path / "out", "h18v04").load()
+    old_side = first.manifest["side_files"]["cube-h18v04.zarr"]
+
+    add("h18v04", 225)  # a new date for the tile …
+    second = modis.run(cfg.data, dask_address=dask_address)
+    st = second.manifest["incremental"]
+    assert st["granules_decoded"] == 1 and st["tiles_extended"] == 1  # … decodes only itself
+    cube = open_cube(tmp_path / "out", "h18v04")
+    assert [str(t)[:10] for t in cube.time.values] == ["2017-07-12", "2017-07-20", "2017-07-28",
+                                                     "2017-08-05", "2017-08-13"]
+    for k in (0, 1, 3):  # the old dates hold the same values, read back from the old cube
+        np.testing.assert_array_equal(cube["reflectance"].values[k], old["reflectance"].values[k])
+    gaps = [r for r in quarantine(tmp_path / "out") if r["reason"].startswith("date gap")]
+    assert len(gaps) == 1 and "2017-07-28" in gaps[0]["reason"]  # still recorded
+
+    assert modis.run(cfg.data, dask_address=dask_address).up_to_date
+    add("h19v04", 193)  # a new tile: the old tile's cube is kept as it is
+    third = modis.run(cfg.data, dask_address=dask_address)
+    st = third.manifest["incremental"]
+    assert st["granules_decoded"] == 1 and st["tiles_kept"] == 1
+    kept = third.manifest["side_files"]["cube-h18v04.zarr"]
+    assert kept == second.manifest["side_files"]["cube-h18v04.zarr"] != old_side
+    assert set(third.manifest["cubes"]) == {"h18v04", "h19v04"}
+    assert (tmp_path / "out" / kept).is_dir()
+    assert not (tmp_path / "out" / old_side).exists()  # the replaced cube is gone
+    # the one from scratch equals the incremental one
+    scratch = config(tmp_path / "scratch", f'data.modis.granules=["{tmp_path}/in/*.hdf"]',
+                     "data.modis.geotiffs=[]", "data.modis.mask_clouds=false")
+    scratch.data.modis.samples = None
+    modis.run(scratch.data, dask_address=dask_address)
+    for tile in ("h18v04", "h19v04"):
+        a, b = open_cube(tmp_path / "out", tile), open_cube(tmp_path / "scratch", tile)
+        np.testing.assert_array_equal(a["filled"].values, b["filled"].values)
+
+
+def quarantine(root: Path) -> list[dict]:
+    m = read_manifest(str(root))
+    return [json.loads(x) for x in (root / m["quarantine"]["file"]).read_text().splitlines()]
