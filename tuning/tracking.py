@@ -84,13 +84,26 @@ def log_model(uri: str, run_id: str, model: Any, input_example: Any, extra_files
     import logging
 
     import mlflow
-    import torch
 
     logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # the pickle-format caution
 
     mlflow.set_tracking_uri(uri)
     nested = mlflow.active_run() is not None
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id, nested=nested):
+    mlflow.start_run(run_id=run_id, nested=nested)
+    # not `with start_run`: its exit would mark the run FINISHED here, before the caller has
+    # tagged the model and ended the run; a reader (a resumed sweep) could then take a finished
+    # run without its model. Leaving it RUNNING, the caller ends it once, with everything set.
+    try:
+        return _log_model(model, input_example, extra_files)
+    finally:
+        mlflow.end_run(status="RUNNING")
+
+
+def _log_model(model: Any, input_example: Any, extra_files: dict[str, Any]) -> str:
+    import mlflow
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
         paths = []
         for name, content in extra_files.items():
             p = Path(tmp) / name
