@@ -40,7 +40,7 @@ from advorch.pipelines.sessions import Sessions, codes, sessionise
 from advorch.pipelines.shards import (
     DatasetWriter,
     Quarantine,
-    file_fingerprint,
+    fingerprints,
     read_manifest,
     read_side_file,
     sources_unchanged,
@@ -187,13 +187,11 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
     event_files = expand(c.events, "data.clickstream.events")
     purchase_files = expand(c.purchases, "data.clickstream.purchases") if c.purchases else []
     previous = read_manifest(output)
-    known = {s["path"]: s for s in (previous or {}).get("sources", [])}
     map_file = [c.item_map.path] if c.item_map else []
-    sources = [file_fingerprint(p, known.get(p)) for p in event_files + purchase_files + map_file]
+    sources = fingerprints(event_files + purchase_files + map_file, previous)
     params = _params(cfg)
     if sources_unchanged(previous, sources, params):
-        return Summary(output, True, previous["rows"], previous["quarantine"]["count"],
-                       {k: v["rows"] for k, v in previous["splits"].items()}, previous)
+        return Summary.of(output, previous, up_to_date=True)
     quarantine = Quarantine()
     files = []
     for src in sources[:len(event_files) + len(purchase_files)]:
@@ -235,8 +233,7 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
     except BaseException:
         writer.abort()
         raise
-    return Summary(output, False, manifest["rows"], len(quarantine),
-                   {k: v["rows"] for k, v in manifest["splits"].items()}, manifest)
+    return Summary.of(output, manifest)
 
 
 def _write(s: Sessions, cfg: DataConfig, output: str, writer: DatasetWriter, params: dict[str, Any],

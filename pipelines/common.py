@@ -28,6 +28,12 @@ class Summary:
     splits: dict[str, int]
     manifest: dict[str, Any]
 
+    @classmethod
+    def of(cls, output: str, manifest: dict[str, Any], up_to_date: bool = False) -> Summary:
+        """The summary of the build a manifest describes."""
+        return cls(output, up_to_date, manifest["rows"], manifest["quarantine"]["count"],
+                   {k: v["rows"] for k, v in manifest["splits"].items()}, manifest)
+
 
 def build_vocab(token_lists: Iterable[list[str]], min_count: int, max_size: int) -> dict[str, int]:
     """Token → id: 0 is padding, 1 is OOV, then by descending count (ties by token)."""

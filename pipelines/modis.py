@@ -38,11 +38,11 @@ from advorch import __version__
 from advorch.config import DataConfig, LabelRaster, ModisConfig
 from advorch.pipelines.common import PipelineError, Summary
 from advorch.pipelines.events import expand
-from advorch.pipelines.rasters import RasterError, read_geotiff, read_hdf_granule
+from advorch.pipelines.rasters import Grid, RasterError, granule_date, read_geotiff, read_hdf_granule
 from advorch.pipelines.shards import (
     DatasetWriter,
     Quarantine,
-    file_fingerprint,
+    fingerprints,
     read_manifest,
     sources_unchanged,
 )
@@ -188,11 +188,7 @@ def record_holes(ds, quarantine: Quarantine) -> None:
 def cube_layers(uri: str) -> list[dict[str, Any]]:
     """The granule layers a previous tile cube holds, as `tile_cube` takes them (masked values,
     flags, grid): an incremental run extends a tile without decoding its old granules again."""
-    import xarray as xr
-
-    from advorch.pipelines.rasters import Grid
-
-    ds = xr.open_zarr(uri, consolidated=False)
+    ds = open_zarr(uri)
     a = ds.attrs
     grid = Grid(a["grid"], ds.sizes["x"], ds.sizes["y"], tuple(a["corners"][:2]), tuple(a["corners"][2:]),
                 a["crs"])
@@ -299,8 +295,6 @@ def plan_tiles(granules: list[str], sources: list[dict[str, Any]],
     A tile whose granules are exactly the ones its cube was built from is kept; one that only
     gained granules (new dates, or files quarantined before) is extended: its old granules are
     not decoded again; any other change rebuilds it."""
-    from advorch.pipelines.rasters import RasterError, granule_date
-
     sha = {s["path"]: s["sha256"] for s in sources}
     tiles: dict[str, list[str]] = {}
     for path in granules:
@@ -360,12 +354,10 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
     sample_files = [m.samples.path] if m.samples else []
     sample_files += [m.labels.path] if m.labels else []
     previous = read_manifest(output)
-    known = {s["path"]: s for s in (previous or {}).get("sources", [])}
-    sources = [file_fingerprint(p, known.get(p)) for p in granules + tiffs + sample_files]
+    sources = fingerprints(granules + tiffs + sample_files, previous)
     params = _params(cfg)
     if sources_unchanged(previous, sources, params):
-        return Summary(output, True, previous["rows"], previous["quarantine"]["count"],
-                       {k: v["rows"] for k, v in previous["splits"].items()}, previous)
+        return Summary.of(output, previous, up_to_date=True)
 
     from advorch.pipelines.samples import concat, read_samples, write_sequences
 
@@ -421,5 +413,4 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
     except BaseException:
         writer.abort()
         raise
-    return Summary(output, False, manifest["rows"], len(quarantine),
-                   {k: v["rows"] for k, v in manifest["splits"].items()}, manifest)
+    return Summary.of(output, manifest)

@@ -68,6 +68,12 @@ def file_fingerprint(path: str, known: dict[str, Any] | None = None) -> dict[str
     return {"path": str(path), "size": size, "mtime": mtime, "sha256": digest}
 
 
+def fingerprints(paths: list[str], manifest: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """`file_fingerprint` of every path, reusing the hashes the previous manifest holds."""
+    known = {s["path"]: s for s in (manifest or {}).get("sources", [])}
+    return [file_fingerprint(p, known.get(p)) for p in paths]
+
+
 def read_manifest(root: str) -> dict[str, Any] | None:
     """The dataset's manifest, or None when the directory holds no complete build."""
     fs, p = _fs(root)

@@ -28,7 +28,7 @@ from advorch.pipelines.common import OOV, PipelineError, Summary, build_vocab, s
 from advorch.pipelines.shards import (
     DatasetWriter,
     Quarantine,
-    file_fingerprint,
+    fingerprints,
     read_manifest,
     sources_unchanged,
     write_part,
@@ -126,12 +126,10 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
             raise PipelineError(f"source file {s.path} (class {s.label!r}) is empty; "
                                 "every class needs examples")
     previous = read_manifest(output)
-    known = {s["path"]: s for s in (previous or {}).get("sources", [])}
-    sources = [file_fingerprint(s.path, known.get(s.path)) for s in cfg.sources]
+    sources = fingerprints([s.path for s in cfg.sources], previous)
     params = _params(cfg)
     if sources_unchanged(previous, sources, params):
-        return Summary(output, True, previous["rows"], previous["quarantine"]["count"],
-                       {k: v["rows"] for k, v in previous["splits"].items()}, previous)
+        return Summary.of(output, previous, up_to_date=True)
 
     classes = sorted({s.label for s in cfg.sources})
     writer = DatasetWriter(output, kind="text")
@@ -201,5 +199,4 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
     except BaseException:
         writer.abort()
         raise
-    return Summary(output, False, manifest["rows"], len(quarantine),
-                   {k: v["rows"] for k, v in manifest["splits"].items()}, manifest)
+    return Summary.of(output, manifest)
