@@ -25,6 +25,9 @@ app.add_typer(preprocess_app, name="preprocess")
 registry_app = typer.Typer(help="MLflow model registry: register, list, promote, predict.",
                            no_args_is_help=True)
 app.add_typer(registry_app, name="registry")
+jobs_app = typer.Typer(help="Jobs on a Ray cluster (Ray Jobs API): list, status, logs, stop.",
+                       no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
 out = Console()
 err = Console(stderr=True)
 
@@ -34,6 +37,13 @@ DaskOpt = Annotated[str | None, typer.Option("--dask-address", envvar="DASK_SCHE
                                              help="Dask scheduler, e.g. tcp://host:8786 (default: local).")]
 RayOpt = Annotated[str | None, typer.Option("--ray-address", envvar="RAY_ADDRESS",
                                             help="Existing Ray cluster (default: a local instance).")]
+WaitLockOpt = Annotated[float, typer.Option(
+    "--wait-lock", help="If another run is writing the output, wait up to this many seconds "
+                        "(default: exit at once with code 75).")]
+OutputOpt = Annotated[str | None, typer.Option(help="Dataset folder or URI (default: data.output).")]
+JobAddressOpt = Annotated[str, typer.Option(
+    "--address", envvar="RAY_API_SERVER_ADDRESS",
+    help="The Ray cluster's job server: the head's dashboard, http://HEAD:8265.")]
 MlflowOpt = Annotated[str | None, typer.Option("--mlflow-uri", envvar="MLFLOW_TRACKING_URI",
                                                help="MLflow tracking URI (default: sqlite:///mlruns/mlflow.db).")]
 
@@ -64,17 +74,18 @@ def main(version: Annotated[bool, typer.Option("--version", callback=_version, i
     """advorch: data pipelines and adversarial training on Dask, Ray and MLflow."""
 
 
-def run_pipeline(cfg: ExperimentConfig, output: str | None, dask_address: str | None):
-    """Run the config's pipeline (data.kind) and print its summary; errors become messages
-    and exit codes."""
-    from importlib import import_module
-
+def run_pipeline(cfg: ExperimentConfig, output: str | None, dask_address: str | None,
+                 wait_lock: float = 0):
+    """Run the config's pipeline (data.kind) under the output's lock, recorded in its history;
+    print the summary. Errors become messages and exit codes (75: another run holds the lock)."""
     from advorch.pipelines.common import PipelineError
+    from advorch.pipelines.history import LockBusy, locked_run
     from advorch.pipelines.shards import ShardError
 
-    run = import_module(f"advorch.pipelines.{cfg.data.kind}").run
     try:
-        summary = run(cfg.data, output=output, dask_address=dask_address)
+        summary = locked_run(cfg.data, output=output, dask_address=dask_address, wait=wait_lock)
+    except LockBusy as e:
+        fail(str(e), code=75)  # EX_TEMPFAIL: a scheduler may retry later
     except (PipelineError, ShardError) as e:
         fail(str(e), code=1)
     if summary.up_to_date:
@@ -92,20 +103,18 @@ def run_pipeline(cfg: ExperimentConfig, output: str | None, dask_address: str | 
 
 
 @preprocess_app.command("text")
-def preprocess_text(config: ConfigArg, output: Annotated[str | None, typer.Option(
-                        help="Dataset folder or URI (default: data.output).")] = None,
-                    dask_address: DaskOpt = None, set_: SetOpt = None) -> None:
+def preprocess_text(config: ConfigArg, output: OutputOpt = None,
+                    dask_address: DaskOpt = None, wait_lock: WaitLockOpt = 0, set_: SetOpt = None) -> None:
     """Labelled line files (one per class) → tokenised Parquet shards + manifest."""
-    run_pipeline(_load_kind(config, set_, "text"), output, dask_address)
+    run_pipeline(_load_kind(config, set_, "text"), output, dask_address, wait_lock)
 
 
 @preprocess_app.command("modis")
-def preprocess_modis(config: ConfigArg, output: Annotated[str | None, typer.Option(
-                         help="Dataset folder or URI (default: data.output).")] = None,
-                     dask_address: DaskOpt = None, set_: SetOpt = None) -> None:
+def preprocess_modis(config: ConfigArg, output: OutputOpt = None,
+                     dask_address: DaskOpt = None, wait_lock: WaitLockOpt = 0, set_: SetOpt = None) -> None:
     """MODIS HDF4 granules / GeoTIFF stacks → QA-masked Zarr cubes; labelled samples → window
     sequence shards."""
-    summary = run_pipeline(_load_kind(config, set_, "modis"), output, dask_address)
+    summary = run_pipeline(_load_kind(config, set_, "modis"), output, dask_address, wait_lock)
     for name, cube in summary.manifest.get("cubes", {}).items():
         out.print(f"cube {name}: {cube['dims']}, {cube['dates'][0]} … {cube['dates'][-1]}")
 
@@ -119,14 +128,13 @@ def _load_kind(config: Path, overrides: list[str] | None, kind: str) -> Experime
 
 
 @preprocess_app.command("clickstream")
-def preprocess_clickstream(config: ConfigArg, output: Annotated[str | None, typer.Option(
-                               help="Dataset folder or URI (default: data.output).")] = None,
-                           dask_address: DaskOpt = None, set_: SetOpt = None) -> None:
+def preprocess_clickstream(config: ConfigArg, output: OutputOpt = None, dask_address: DaskOpt = None,
+                           wait_lock: WaitLockOpt = 0, set_: SetOpt = None) -> None:
     """Event logs (+ purchases) → sessions → Parquet shards, vocabulary, page embeddings.
 
     Re-running after new events arrive writes only new or changed sessions.
     """
-    summary = run_pipeline(_load_kind(config, set_, "clickstream"), output, dask_address)
+    summary = run_pipeline(_load_kind(config, set_, "clickstream"), output, dask_address, wait_lock)
     st = summary.manifest.get("clickstream", {})
     if not summary.up_to_date:
         out.print(f"sessions {st['sessions']} ({st['converted']} converted), events {st['events']}; "
@@ -177,9 +185,21 @@ def run_training(cfg: ExperimentConfig, data: str | None, ray_address: str | Non
             result = train_run(cfg, data, ray_address=ray_address, mlflow_uri=mlflow_uri,
                                on_epoch=on_epoch)
         except FileNotFoundError as e:
-            fail(str(e), code=1)
+            if e.errno is not None:
+                raise  # an OS error mid-run: the traceback says where
+            fail(str(e), code=1)  # no dataset at the given place: the message says what to run
     _print_result(result)
     return result
+
+
+def _scaling(overrides: list[str] | None, workers: int | None, gpus: bool) -> list[str]:
+    """--set overrides plus --workers / --gpus as train.* overrides."""
+    out_ = list(overrides or [])
+    if workers is not None:
+        out_.append(f"train.workers={workers}")
+    if gpus:
+        out_.append("train.gpus=true")
+    return out_
 
 
 @app.command()
@@ -191,12 +211,7 @@ def train(config: ConfigArg,
           gpus: Annotated[bool, typer.Option("--gpus", help="One GPU per worker, NCCL.")] = False,
           ray_address: RayOpt = None, mlflow_uri: MlflowOpt = None, set_: SetOpt = None) -> None:
     """Train the config's model under its adversarial regime on Ray Train, tracked in MLflow."""
-    overrides = list(set_ or [])
-    if workers is not None:
-        overrides.append(f"train.workers={workers}")
-    if gpus:
-        overrides.append("train.gpus=true")
-    cfg = _load(config, overrides)
+    cfg = _load(config, _scaling(set_, workers, gpus))
     run_training(cfg, data, ray_address, mlflow_uri)
 
 
@@ -272,7 +287,7 @@ def tune(config: ConfigArg,
              "--resume", help="Continue the newest unfinished sweep of this config; finished "
                               "trials are kept.")] = False,
          ray_address: RayOpt = None, mlflow_uri: MlflowOpt = None, set_: SetOpt = None) -> None:
-    """Ray Tune sweep over [tune.space]: nested MLflow runs, best model registered as candidate."""
+    """Ray Tune sweep over the config's tune.space: nested MLflow runs, best model registered as candidate."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from advorch.tuning.sweep import SweepError, sweep
@@ -379,6 +394,166 @@ def registry_predict(model: Annotated[str, typer.Argument(help="NAME@ALIAS or mo
     for p in preds:
         probs = " ".join(f"{x:.3f}" for x in p.probabilities)
         out.print(f"{escape(p.label)}\t{probs}\t{escape(p.text)}", soft_wrap=True, highlight=False)
+
+
+@app.command()
+def submit(config: ConfigArg, address: JobAddressOpt,
+           command: Annotated[str, typer.Option(help="What the job runs: train or tune.")] = "train",
+           data: Annotated[str | None, typer.Option(
+               help="Dataset folder or URI, as the cluster's nodes see it (default: data.output).")] = None,
+           workers: Annotated[int | None, typer.Option(help="Ray Train workers.")] = None,
+           gpus: Annotated[bool, typer.Option("--gpus", help="One GPU per worker, NCCL.")] = False,
+           working_dir: Annotated[Path | None, typer.Option(
+               help="A folder to ship with the job (its code and files), beside the config.")] = None,
+           env: Annotated[list[str] | None, typer.Option(
+               help="KEY=VALUE set in the job's environment (repeatable).")] = None,
+           wait: Annotated[bool, typer.Option(
+               "--wait", help="Follow the job's logs until it ends; exit 1 unless it succeeded.")] = False,
+           mlflow_uri: MlflowOpt = None, set_: SetOpt = None) -> None:
+    """Run a training or tune run on an existing Ray cluster through the Ray Jobs API."""
+    from advorch.jobs import submit as submit_job
+
+    overrides = _scaling(set_, workers, gpus)
+    cfg = _load(config, overrides)
+    env_vars = {}
+    for item in env or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            fail(f"--env {item!r}: give KEY=VALUE")
+        env_vars[key] = value
+    job = _job(submit_job, address, config, cfg, command, data=data, mlflow_uri=mlflow_uri,
+               overrides=overrides, working_dir=working_dir, env=env_vars)
+    for note in job.notes:
+        err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+    out.print(f"submitted [bold]{job.submission_id}[/]: {escape(job.entrypoint)}", soft_wrap=True)
+    if not wait:
+        out.print(f"follow it: advorch jobs logs {job.submission_id} --address {address} --follow",
+                  soft_wrap=True)
+    elif _follow(address, job.submission_id) != "SUCCEEDED":
+        raise typer.Exit(1)
+
+
+def _job(call, *args, **kwargs):
+    """Call an advorch.jobs function; its JobError becomes a message and exit code 1."""
+    from advorch.jobs import JobError
+
+    try:
+        return call(*args, **kwargs)
+    except JobError as e:
+        fail(str(e), code=1)
+
+
+def _follow(address: str, job_id: str) -> str:
+    from advorch.jobs import follow
+
+    state = _job(follow, address, job_id, lambda text: out.out(text, end="", highlight=False))
+    out.print(f"job {job_id}: {state}")
+    return state
+
+
+JobIdArg = Annotated[str, typer.Argument(help="Submission id, as `advorch submit` printed it.")]
+
+
+@jobs_app.command("list")
+def jobs_list(address: JobAddressOpt) -> None:
+    """Every job on the cluster, newest first."""
+    from advorch.jobs import list_jobs
+
+    table = Table(title=f"jobs at {address}")
+    for col in ("id", "status", "entrypoint"):
+        table.add_column(col)
+    for r in _job(list_jobs, address):
+        table.add_row(r["id"], r["status"], escape(r["entrypoint"]))
+    out.print(table)
+
+
+@jobs_app.command("status")
+def jobs_status(job_id: JobIdArg, address: JobAddressOpt) -> None:
+    """A job's status and message; exit 1 if it failed or was stopped."""
+    from advorch.jobs import status
+
+    s = _job(status, address, job_id)
+    out.print(f"{job_id}: [bold]{s['status']}[/] {escape(s['message'])}", soft_wrap=True)
+    if s["status"] in ("FAILED", "STOPPED"):
+        raise typer.Exit(1)
+
+
+@jobs_app.command("logs")
+def jobs_logs(job_id: JobIdArg, address: JobAddressOpt,
+              follow_: Annotated[bool, typer.Option(
+                  "--follow", "-f", help="Keep printing until the job ends.")] = False) -> None:
+    """What the job has printed (its training progress and result table)."""
+    from advorch.jobs import logs
+
+    if follow_:
+        _follow(address, job_id)
+    else:
+        out.out(_job(logs, address, job_id), end="", highlight=False)
+
+
+@jobs_app.command("stop")
+def jobs_stop(job_id: JobIdArg, address: JobAddressOpt) -> None:
+    """Stop a running job."""
+    from advorch.jobs import stop
+
+    stopped = _job(stop, address, job_id)
+    out.print(f"{job_id}: " + ("stop requested" if stopped else "already ended"))
+
+
+@app.command()
+def schedule(config: ConfigArg,
+             every: Annotated[str, typer.Option(help='Cron expression, e.g. "0 2 * * *", or @daily.')],
+             format_: Annotated[str, typer.Option(
+                 "--format", help="cron, systemd (service + timer) or kubernetes (CronJob).")] = "cron",
+             output: OutputOpt = None, dask_address: DaskOpt = None,
+             wait_lock: WaitLockOpt = 0,
+             image: Annotated[str | None, typer.Option(help="Container image (kubernetes).")] = None,
+             install: Annotated[bool, typer.Option(
+                 "--install", help="Install it on this host (crontab or systemd user timer).")] = False,
+             set_: SetOpt = None) -> None:
+    """Print (or install) the schedule of this config's incremental preprocessing run."""
+    import sys
+
+    from advorch import schedule as sched
+
+    cfg = _load(config, set_)
+    advorch_bin = str(Path(sys.argv[0]).absolute()) if Path(sys.argv[0]).name == "advorch" else "advorch"
+    job = sched.Job(name=cfg.name, kind=cfg.data.kind, config=config.absolute(), every=every,
+                    workdir=Path.cwd(), output=output, dask_address=dask_address,
+                    overrides=list(set_ or []), wait_lock=wait_lock, advorch=advorch_bin)
+    try:
+        if install:
+            out.print(sched.install(job, format_), soft_wrap=True)
+        elif format_ == "cron":
+            out.out(sched.cron_line(job), highlight=False)
+        elif format_ == "systemd":
+            for name, text in sched.systemd_units(job).items():
+                out.out(f"# --- {name} ---\n{text}", highlight=False)
+        elif format_ == "kubernetes":
+            out.out(sched.cronjob(job, image or sched.IMAGE), end="", highlight=False)
+        else:
+            fail(f"--format {format_!r}: choose cron, systemd or kubernetes")
+    except sched.ScheduleError as e:
+        fail(str(e))
+
+
+@app.command()
+def history(dataset: Annotated[str, typer.Argument(help="Dataset folder or URI.")],
+            last: Annotated[int, typer.Option(help="Show the last N runs.")] = 20) -> None:
+    """The dataset's preprocessing runs: status, sources added, rows, quarantined, duration."""
+    from advorch.pipelines.history import read_history
+
+    records = read_history(dataset)
+    if not records:
+        fail(f"{dataset} has no history.jsonl: no `advorch preprocess` run has written it", code=1)
+    table = Table(title=f"runs of {dataset}")
+    for col in ("started", "status", "sources +", "rows", "rows +", "quarantined", "seconds"):
+        table.add_column(col, justify="right" if col not in ("started", "status") else "left")
+    for r in records[-last:]:
+        table.add_row(r.get("started", ""), r["status"], str(len(r.get("sources_added", []))),
+                      str(r.get("rows", "")), str(r.get("rows_added", "")), str(r.get("quarantined", "")),
+                      str(r.get("seconds", "")))
+    out.print(table)
 
 
 @app.command()

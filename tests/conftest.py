@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -105,7 +106,17 @@ def ray_local():
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False,
+    ray.init(address="local", num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False,
              log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on 127.0.0.1 (sqlite backend, proxied artifacts); its URL."""
+    from tests.processes import kill, start_mlflow_server
+
+    proc, url = start_mlflow_server(tmp_path)
+    yield url
+    kill(proc, signal.SIGTERM)

@@ -45,8 +45,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=dashboard, log_to_driver=False)
+    else:  # "local": never join a cluster `ray start` left on this host without being asked
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, log_to_driver=False)
 
 
 def fit(cfg: ExperimentConfig, data: str, *, run_id: str | None = None,
