@@ -316,7 +316,7 @@ def tune(config: ConfigArg,
             fail(str(e), code=1)
     keys = list(cfg.tune.space)
     metric = "best_" + cfg.train.metric
-    table = Table(title=f"sweep {Path(result.sweep_dir).name} (parent run {result.parent_run_id})")
+    table = Table(title=f"sweep {result.sweep_dir.rpartition('/')[2]} (parent run {result.parent_run_id})")
     for col in ("trial", *keys, "status", metric, "test_accuracy"):
         table.add_column(col)
     for t in result.trials:
@@ -530,6 +530,11 @@ def schedule(config: ConfigArg,
             for name, text in sched.systemd_units(job).items():
                 out.out(f"# --- {name} ---\n{text}", highlight=False)
         elif format_ == "kubernetes":
+            for key, value in sched.relative_paths(cfg.data.model_dump()):
+                if not (key == "data.output" and output):
+                    err.print(f"note: {key} = {value!r} is relative: in the CronJob it is "
+                              f"/data/{value} (the container's working dir); pass an absolute path "
+                              "or URI (--set / --output)", soft_wrap=True, highlight=False)
             out.out(sched.cronjob(job, image or sched.IMAGE), end="", highlight=False)
         else:
             fail(f"--format {format_!r}: choose cron, systemd or kubernetes")

@@ -59,6 +59,28 @@ def cluster_tracking_uri(uri: str) -> str:
     return uri
 
 
+def entrypoint_args(cfg: ExperimentConfig, command: str, *, data: str | None = None,
+                    mlflow_uri: str | None = None, overrides: list[str] | None = None,
+                    ) -> tuple[list[str], list[str]]:
+    """The job's command line (`advorch train|tune config.toml …` with the dataset, checkpoint
+    storage and tracking store as the cluster must see them) and notes for the user."""
+    if command not in ("train", "tune"):
+        raise JobError(f"--command {command!r}: choose train or tune")
+    notes = []
+    data_path = cluster_path(data or cfg.data.output)
+    storage = cluster_path(cfg.train.storage)
+    tracking = cluster_tracking_uri(mlflow_uri or cfg.mlflow.tracking_uri)
+    for name, value in (("dataset", data_path), ("checkpoint storage", storage), ("MLflow", tracking)):
+        if "://" not in value or value.startswith(("file://", "sqlite:")):
+            notes.append(f"{name} {value} is on this machine's filesystem: every node must see it "
+                         "(shared filesystem), else use a URI (s3://…, gs://…, http://mlflow:5000)")
+    args = ["advorch", command, "config.toml", "--data", data_path, "--mlflow-uri", tracking,
+            "--set", f"train.storage={json.dumps(storage)}"]  # a TOML string
+    for o in overrides or []:
+        args += ["--set", o]
+    return args, notes
+
+
 @dataclass
 class Submission:
     submission_id: str
@@ -74,20 +96,7 @@ def submit(address: str, config: Path, cfg: ExperimentConfig, command: str = "tr
     The entrypoint reserves no CPU (the training workers do), so a head started with
     `--num-cpus 0` can run it.
     """
-    if command not in ("train", "tune"):
-        raise JobError(f"--command {command!r}: choose train or tune")
-    notes = []
-    data_path = cluster_path(data or cfg.data.output)
-    storage = cluster_path(cfg.train.storage)
-    tracking = cluster_tracking_uri(mlflow_uri or cfg.mlflow.tracking_uri)
-    for name, value in (("dataset", data_path), ("checkpoint storage", storage), ("MLflow", tracking)):
-        if "://" not in value or value.startswith(("file://", "sqlite:")):
-            notes.append(f"{name} {value} is on this machine's filesystem: every node must see it "
-                         "(shared filesystem), else use a URI (s3://…, gs://…, http://mlflow:5000)")
-    args = ["advorch", command, "config.toml", "--data", data_path, "--mlflow-uri", tracking,
-            "--set", f"train.storage={json.dumps(storage)}"]  # a TOML string
-    for o in overrides or []:
-        args += ["--set", o]
+    args, notes = entrypoint_args(cfg, command, data=data, mlflow_uri=mlflow_uri, overrides=overrides)
     entrypoint = shlex.join(args)
 
     staged = Path(tempfile.mkdtemp(prefix="advorch-job-"))

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -150,6 +151,18 @@ def cronjob(job: Job, image: str = IMAGE, namespace: str = "advorch", pvc: str =
         },
     }
     return yaml.safe_dump(manifest, sort_keys=False)
+
+
+def relative_paths(section: Any, prefix: str = "data") -> list[tuple[str, str]]:
+    """(key, value) of every relative local path in a config section: in a CronJob they resolve
+    against the container's working directory /data, not where the config was written."""
+    if isinstance(section, dict):
+        return [kv for k, v in section.items() for kv in relative_paths(v, f"{prefix}.{k}")]
+    if isinstance(section, list):
+        return [kv for v in section for kv in relative_paths(v, prefix)]
+    if isinstance(section, str) and "/" in section and not section.startswith("/") and "://" not in section:
+        return [(prefix, section)]
+    return []
 
 
 def install(job: Job, fmt: str) -> str:

@@ -6,6 +6,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from advorch import __version__
 from tests.conftest import ROOT, run_cli
 
@@ -24,7 +26,7 @@ def test_version() -> None:
 def test_help_lists_the_commands() -> None:
     result = run_cli("--help", timeout=60, env=WIDE)
     assert result.returncode == 0, result.stderr
-    for command in ("preprocess", "train", "demo"):
+    for command in ("preprocess", "train", "tune", "submit", "jobs", "schedule", "history", "demo"):
         assert command in result.stdout, f"{command!r} missing from --help:\n{result.stdout}"
 
 
@@ -73,3 +75,36 @@ def test_error_keeps_square_brackets_in_paths(tmp_path: Path) -> None:
     result = run_cli("train", str(config), timeout=60, cwd=tmp_path, env=WIDE)
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert str(config) in result.stderr, result.stderr
+
+
+def test_job_entrypoints_are_commands_the_cli_accepts(tmp_path, monkeypatch):
+    """`advorch submit` builds `advorch train|tune config.toml …` with the dataset, storage and
+    sqlite store made absolute (the job runs elsewhere); each parses with the real CLI."""
+    import typer.main
+
+    from advorch.cli import app
+    from advorch.config import load_config
+    from advorch.jobs import JobError, entrypoint_args
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(ROOT / "configs" / "mr.toml", ["train.workers=4"])
+    cli = typer.main.get_command(app)
+    for command in ("train", "tune"):
+        args, notes = entrypoint_args(cfg, command, mlflow_uri="sqlite:///mlruns/x.db",
+                                      overrides=["train.workers=4"])
+        assert args[:3] == ["advorch", command, "config.toml"]
+        assert args[args.index("--data") + 1] == str(tmp_path / "data" / "mr")
+        assert args[args.index("--mlflow-uri") + 1] == f"sqlite:///{tmp_path}/mlruns/x.db"
+        assert f'train.storage="{tmp_path / "runs"}"' in args and "train.workers=4" in args
+        assert len(notes) == 3 and all("every node must see it" in n for n in notes)
+        sub = cli.commands[command]
+        ctx = sub.make_context(command, args[2:])
+        assert ctx.params["data"] == str(tmp_path / "data" / "mr")
+    uris, notes = entrypoint_args(cfg, "train", data="s3://b/mr", mlflow_uri="http://mlflow:5000",
+                                  overrides=['train.storage="s3://b/runs"'])
+    assert "s3://b/mr" in uris and notes == [f"checkpoint storage {tmp_path / 'runs'} is on this "
+                                             "machine's filesystem: every node must see it (shared "
+                                             "filesystem), else use a URI (s3://…, gs://…, "
+                                             "http://mlflow:5000)"]
+    with pytest.raises(JobError, match="choose train or tune"):
+        entrypoint_args(cfg, "evaluate")

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+import fsspec
 
 from advorch.tuning import tracking
 
@@ -68,6 +69,7 @@ def predict(uri: str, model_ref: str, source: str, split: str = "test", limit: i
     import torch
 
     from advorch.config import ExperimentConfig
+    from advorch.pipelines.shards import read_manifest
     from advorch.pipelines.text import OOV, tokenize
     from advorch.trainers.data import load_slice
 
@@ -82,13 +84,14 @@ def predict(uri: str, model_ref: str, source: str, split: str = "test", limit: i
     model = mlflow.pytorch.load_model(ref, map_location="cpu").eval()
     cfg = ExperimentConfig.model_validate(tracking.load_artifact_dict(uri, run_id, "config.json"))
     classes = tracking.load_artifact_dict(uri, run_id, "dataset/manifest.json")["classes"]
-    if (Path(source) / "manifest.json").is_file():
+    if read_manifest(source) is not None:  # a shard folder or URI
         data = load_slice(source, split, 0, 1, cfg.model.max_length)
         tokens, texts = data.tokens, data.ids
     else:
         words = tracking.load_artifact_dict(uri, run_id, "dataset/vocab.json")
         vocab = {t: i for i, t in enumerate(words)}
-        lines = Path(source).read_text(encoding="utf-8").splitlines()
+        with fsspec.open(source, "r", encoding="utf-8") as f:  # a local file or a URI
+            lines = f.read().splitlines()
         texts = [line.strip() for line in lines if line.strip()]
         ids = [[vocab.get(t, vocab[OOV]) for t in tokenize(s, cfg.data.lowercase)][: cfg.model.max_length]
                or [vocab[OOV]] for s in texts]

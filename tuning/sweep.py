@@ -15,6 +15,7 @@ are kept, unfinished ones continue from their last epoch checkpoint.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -95,17 +96,32 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], data: str, uri: s
         raise
 
 
-def _sweep_dirs(storage: str, name: str) -> list[Path]:
-    return sorted(Path(storage).absolute().glob(f"{name}-sweep-*/{STATE_FILE}"))
+def _storage(storage: str) -> tuple[Any, str]:
+    """(filesystem, root) of train.storage: a URI (s3://…, gs://…) or a local folder."""
+    import fsspec
+
+    return fsspec.core.url_to_fs(storage if "://" in storage else str(Path(storage).absolute()))
 
 
-def _write_state(sweep_dir: Path, state: dict[str, Any]) -> None:
-    tmp = sweep_dir / f".{STATE_FILE}.tmp"
-    tmp.write_text(json.dumps(state, indent=1))
-    tmp.replace(sweep_dir / STATE_FILE)  # atomic: a killed driver leaves the old or the new
+def _uri(fs: Any, path: str) -> str:
+    """A path of `fs` as Ray and fsspec take it back: plain for local files, else with its protocol."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    return path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
 
 
-def _start(cfg: ExperimentConfig, data: str | None, mlflow_uri: str | None) -> tuple[Path, dict[str, Any]]:
+def _sweep_dirs(storage: str, name: str) -> list[str]:
+    fs, root = _storage(storage)
+    return sorted(_uri(fs, p.rpartition("/")[0]) for p in fs.glob(f"{root}/{name}-sweep-*/{STATE_FILE}"))
+
+
+def _write_state(sweep_dir: str, state: dict[str, Any]) -> None:
+    fs, path = _storage(sweep_dir)
+    fs.pipe_file(f"{path}/.{STATE_FILE}.tmp", json.dumps(state, indent=1).encode())
+    fs.mv(f"{path}/.{STATE_FILE}.tmp", f"{path}/{STATE_FILE}")  # a killed driver leaves old or new
+
+
+def _start(cfg: ExperimentConfig, data: str | None, mlflow_uri: str | None) -> tuple[str, dict[str, Any]]:
     if not cfg.tune.space:
         raise SweepError("the config has no [tune.space]: add e.g. "
                          "tune.space.\"regime.epsilon\" = { grid = [1.0, 4.0] }")
@@ -113,8 +129,9 @@ def _start(cfg: ExperimentConfig, data: str | None, mlflow_uri: str | None) -> t
     manifest = read_dataset_manifest(data)
     uri = tracking.resolve_uri(mlflow_uri or cfg.mlflow.tracking_uri)
     name = f"{cfg.name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
-    sweep_dir = Path(cfg.train.storage).absolute() / name
-    sweep_dir.mkdir(parents=True, exist_ok=False)
+    fs, root = _storage(cfg.train.storage)
+    fs.makedirs(f"{root}/{name}", exist_ok=True)  # the name is new: it holds the start time
+    sweep_dir = _uri(fs, f"{root}/{name}")
     parent = tracking.start_run(uri, cfg.mlflow.experiment, name, run_params(cfg, manifest),
                                 tags={"advorch.sweep": name, "advorch.dataset": data})
     tracking.log_dict(uri, parent, {k: v.model_dump(exclude_none=True) for k, v in cfg.tune.space.items()},
@@ -125,13 +142,14 @@ def _start(cfg: ExperimentConfig, data: str | None, mlflow_uri: str | None) -> t
     return sweep_dir, state
 
 
-def _resume(cfg: ExperimentConfig) -> tuple[Path, dict[str, Any]]:
-    for path in reversed(_sweep_dirs(cfg.train.storage, cfg.name)):
-        state = json.loads(path.read_text())
+def _resume(cfg: ExperimentConfig) -> tuple[str, dict[str, Any]]:
+    for sweep_dir in reversed(_sweep_dirs(cfg.train.storage, cfg.name)):
+        fs, path = _storage(sweep_dir)
+        state = json.loads(fs.cat_file(f"{path}/{STATE_FILE}"))
         if state["status"] != "finished":
             tracking.set_status(state["tracking_uri"], state["parent_run_id"], "RUNNING")
-            return path.parent, state
-    raise SweepError(f"no unfinished sweep of {cfg.name!r} under {Path(cfg.train.storage).absolute()}: "
+            return sweep_dir, state
+    raise SweepError(f"no unfinished sweep of {cfg.name!r} under {_uri(*_storage(cfg.train.storage))}: "
                      "start one without --resume")
 
 
@@ -153,12 +171,12 @@ def sweep(cfg: ExperimentConfig, data: str | None = None, *, ray_address: str | 
     init_ray(ray_address, dashboard=True)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=state["config"], data=state["data"], uri=uri,
-                             parent_run_id=parent, train_storage=str(sweep_dir / "train")),
+                             parent_run_id=parent, train_storage=f"{sweep_dir}/train"),
         {"cpu": TRIAL_CPU})
     TrialCallback.listener = on_trial
     try:
         if resume:
-            tuner = tune.Tuner.restore(str(sweep_dir), trainable, resume_unfinished=True,
+            tuner = tune.Tuner.restore(sweep_dir, trainable, resume_unfinished=True,
                                        restart_errored=True)
         else:
             tuner = tune.Tuner(
@@ -168,7 +186,8 @@ def sweep(cfg: ExperimentConfig, data: str | None = None, *, ray_address: str | 
                                             # cannot reset, and the next trial on that actor fails
                                             scheduler=_scheduler(cfg),
                                             max_concurrent_trials=_max_concurrent(cfg)),
-                run_config=tune.RunConfig(name=sweep_dir.name, storage_path=str(sweep_dir.parent),
+                run_config=tune.RunConfig(name=sweep_dir.rpartition("/")[2],
+                                          storage_path=sweep_dir.rpartition("/")[0],
                                           callbacks=[TrialCallback()], verbose=0))
         grid = tuner.fit()
     except BaseException:
@@ -229,7 +248,7 @@ def close_children(uri: str, experiment: str, parent: str, status: str, reason: 
             tracking.end_run(uri, run["run_id"], status=status)
 
 
-def conclude(cfg: ExperimentConfig, uri: str, parent: str, sweep_dir: Path, grid: Any) -> SweepResult:
+def conclude(cfg: ExperimentConfig, uri: str, parent: str, sweep_dir: str, grid: Any) -> SweepResult:
     """After tuner.fit: close children, table, best trial tagged and registered, plots."""
     from advorch.tuning import plots, registry
 
@@ -245,14 +264,15 @@ def conclude(cfg: ExperimentConfig, uri: str, parent: str, sweep_dir: Path, grid
     best = None
     if finished:
         best = (max if mode_of(cfg.train.metric) == "max" else min)(finished, key=lambda t: t[metric])
-    result = SweepResult(str(sweep_dir), uri, parent, trials, best)
+    result = SweepResult(sweep_dir, uri, parent, trials, best)
     tracking.log_text(uri, parent, plots.trial_table(trials, list(cfg.tune.space)), "tune/trials.csv")
-    for key in cfg.tune.space:
-        for name in (metric, "test_accuracy"):
-            path = plots.sensitivity(trials, key, name, sweep_dir / "plots")
-            if path:
-                tracking.log_file(uri, parent, str(path), "tune/sensitivity")
-                result.plots.append(path.name)
+    with tempfile.TemporaryDirectory() as folder:  # the plots live on the parent run
+        for key in cfg.tune.space:
+            for name in (metric, "test_accuracy"):
+                path = plots.sensitivity(trials, key, name, Path(folder))
+                if path:
+                    tracking.log_file(uri, parent, str(path), "tune/sensitivity")
+                    result.plots.append(path.name)
     if best is not None:
         tracking.set_tag(uri, parent, "advorch.best_run_id", best["run_id"])
         tracking.set_tag(uri, parent, "advorch.best_trial_id", str(best["trial_id"]))

@@ -43,6 +43,8 @@ def test_schedule_renders_cron_systemd_and_a_kubernetes_cronjob(tmp_path):
     k8s = run_cli("schedule", str(cfg), "--every", "@daily", "--format", "kubernetes",
                   "--output", "/data/diginetica", "--wait-lock", "600")
     assert k8s.returncode == 0, k8s.stderr
+    assert "data.clickstream.events" in k8s.stderr and "is relative" in k8s.stderr  # named, not silent
+    assert "data.output" not in k8s.stderr  # --output given
     job = yaml.safe_load(k8s.stdout)
     assert job["kind"] == "CronJob" and job["spec"]["schedule"] == "0 0 * * *"
     assert job["spec"]["concurrencyPolicy"] == "Forbid"

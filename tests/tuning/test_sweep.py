@@ -27,7 +27,8 @@ def sweep_config(tmp_path: Path, shards: Path, **tune: object) -> Path:
                      model={"hidden_dim": 16, "embedding_dim": 16},
                      regime={"name": "attention_at", "filter": "sf"},
                      train={"epochs": 2, "batch_size": 64, "lr": 0.004, "workers": 1,
-                            "storage": str(tmp_path / "runs")},
+                            # a URI, as on a cluster (file:// here; s3:// there)
+                            "storage": (tmp_path / "runs").as_uri()},
                      mlflow={"experiment": "sweep"},
                      tune={"register_as": "mr-sweep", **tune})
     path.write_text(path.read_text() + SPACE)
