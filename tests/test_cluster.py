@@ -65,8 +65,9 @@ def test_submitted_job_spreads_over_nodes_survives_node_loss_and_registers_on_ml
                     train={"epochs": 6, "patience": 50, "batch_size": 32, "workers": 2,
                            "max_failures": 3},
                     mlflow={"experiment": "cluster"})
-    proc = run_cli("submit", str(cfg), "--address", ray_cluster.address, "--data", str(mr_shards),
-                   "--mlflow-uri", mlflow_server, "--set", f'train.storage="{storage}"', env=env(),
+    # shards and checkpoints by URI, as every node of a real cluster would reach them
+    proc = run_cli("submit", str(cfg), "--address", ray_cluster.address, "--data", mr_shards.as_uri(),
+                   "--mlflow-uri", mlflow_server, "--set", f'train.storage="{storage.as_uri()}"', env=env(),
                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     job_id = proc.stdout.split("submitted ")[1].split(":")[0].strip()
