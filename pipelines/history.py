@@ -66,11 +66,14 @@ def run_lock(output: str, wait: float = 0) -> Iterator[dict[str, Any] | None]:
     """Hold the output's run lock; yield the holder record of a run that died holding it
     (or None). Raises LockBusy when another live run holds it for longer than `wait` s."""
     folder = _local_dir(output)
-    folder.mkdir(parents=True, exist_ok=True)
     holder_file = folder / HOLDER
     lock = FileLock(folder / LOCK, thread_local=False)
     try:
+        folder.mkdir(parents=True, exist_ok=True)
         lock.acquire(timeout=wait, poll_interval=0.2)
+    except PermissionError as e:
+        raise PipelineError(f"cannot write to output folder {output}: {e.strerror}. Choose a folder "
+                            "you can write to (data.output or --output).") from None
     except Timeout:
         raise LockBusy(f"{output} is being written by another run ({_describe(holder_file)}); "
                        "this run exits without touching it. Run again when it ends, or pass "

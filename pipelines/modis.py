@@ -48,12 +48,27 @@ from advorch.pipelines.shards import (
 )
 from advorch.progress import track
 
+CHUNK_BYTES = 32 << 20  # Zarr chunks of tens of MB: few files, each big enough to stream
+
 
 def _read_granule(path: str, bands: list[str], state: str) -> dict[str, Any]:
     try:
         return {"path": path, **read_hdf_granule(path, bands, state)}
     except RasterError as e:
         return {"path": path, "error": str(e)}
+
+
+def _each(items: list[Any], fn: Any, **kwargs: Any) -> list[Any]:
+    return [fn(x, **kwargs) for x in items]
+
+
+def _map_batched(client: Any, fn: Any, items: list[Any], **kwargs: Any) -> list[Any]:
+    """Futures of `[fn(x, **kwargs) for x in batch]` over batches of `items`: a Dask task costs
+    ≈ 1-2 ms of scheduling, more than decoding a small granule, so a task reads a batch
+    (≈ 4 per worker thread, to balance them; at most 32 items, to bound a result's size)."""
+    threads = sum(client.nthreads().values()) or 1
+    size = max(1, min(32, -(-len(items) // (4 * threads))))
+    return client.map(_each, [items[i:i + size] for i in range(0, len(items), size)], fn=fn, **kwargs)
 
 
 def composite_dates(first: _dt.date, last: _dt.date, days: int) -> list[_dt.date]:
@@ -74,17 +89,26 @@ def gap_fill(values: np.ndarray, axis: int = 0) -> np.ndarray:
     t, rest = v.shape[0], v.shape[1:]
     flat = v.reshape(t, -1)
     ok = ~np.isnan(flat)
-    idx = np.arange(t)[:, None]
-    # index of the previous / next valid step for every step (or -1 / t when none)
-    prev = np.maximum.accumulate(np.where(ok, idx, -1), axis=0)
-    nxt = np.flip(np.minimum.accumulate(np.flip(np.where(ok, idx, t), 0), axis=0), 0)
-    cols = np.arange(flat.shape[1])[None, :]
-    pv = flat[np.clip(prev, 0, t - 1), cols]
-    nv = flat[np.clip(nxt, 0, t - 1), cols]
-    has_p, has_n = prev >= 0, nxt < t
-    w = np.where(has_p & has_n & (nxt > prev), (idx - prev) / np.maximum(nxt - prev, 1), 0.0)
-    out = np.where(has_p & has_n, pv + w * (nv - pv), np.where(has_p, pv, nv))
-    out = np.where(ok, flat, out).astype(values.dtype)
+    # index of the previous / next valid step for every step (or -1 / t when none), one time
+    # step at a time over whole rows: ≈ 2x faster than ufunc.accumulate along the first axis
+    prev, nxt = np.empty(flat.shape, np.int32), np.empty(flat.shape, np.int32)
+    last = np.full(flat.shape[1], -1, np.int32)
+    for k in range(t):
+        np.copyto(last, k, where=ok[k])
+        prev[k] = last
+    last.fill(t)
+    for k in range(t - 1, -1, -1):
+        np.copyto(last, k, where=ok[k])
+        nxt[k] = last
+    # interpolate at the missing steps only (a few % of a cube), in float64 as one expression
+    miss = np.flatnonzero(~ok)
+    rows, cols = np.divmod(miss, flat.shape[1])
+    p, n = prev.ravel()[miss], nxt.ravel()[miss]
+    has_p, has_n = p >= 0, n < t
+    pv, nv = flat[np.maximum(p, 0), cols], flat[np.minimum(n, t - 1), cols]
+    w = (rows - p) / np.maximum(n - p, 1)
+    out = flat.copy()
+    out.ravel()[miss] = np.where(has_p & has_n, pv + w * (nv - pv), np.where(has_p, pv, nv))
     return np.moveaxis(out.reshape(t, *rest), 0, axis)
 
 
@@ -107,15 +131,20 @@ def tile_cube(granules: list[dict[str, Any]], cfg: ModisConfig, quarantine: Quar
             kept[g["date"]] = g
     dates = composite_dates(min(kept), max(kept), cfg.composite_days)
     tile = granules[0]["tile"]
-    shape = (len(cfg.bands), grid.height, grid.width)
-    refl = np.stack([kept[d]["reflectance"] if d in kept else np.full(shape, np.nan, np.float32)
-                     for d in dates])
-    flags = {k: np.stack([kept[d][k] if d in kept else np.ones(shape[1:], bool) for d in dates])
-             for k in ("fill", "cloud", "shadow")}
+    # one array per variable, filled in place: a missing composite stays NaN / all flags set
+    step = {d: k for k, d in enumerate(dates)}
+    masked = np.full((len(dates), len(cfg.bands), grid.height, grid.width), np.nan, np.float32)
+    flags = {k: np.ones((len(dates), grid.height, grid.width), bool) for k in ("fill", "cloud", "shadow")}
+    for d, g in kept.items():
+        masked[step[d]] = g["reflectance"]
+        for k, v in flags.items():
+            v[step[d]] = g[k]
     for k in ("cloud", "shadow"):  # a missing composite is fill, not cloud
         flags[k] &= ~flags["fill"]
-    valid = ~flags["fill"] & ~(flags["cloud"] | flags["shadow"] if cfg.mask_clouds else False)
-    masked = np.where(valid[:, None], refl, np.nan).astype(np.float32)
+    valid = ~flags["fill"]
+    if cfg.mask_clouds:
+        valid &= ~(flags["cloud"] | flags["shadow"])
+    np.copyto(masked, np.nan, where=~valid[:, None])
     filled = gap_fill(masked)
     x, y = grid.coords()
     cube = ("time", "band", "y", "x")
@@ -231,14 +260,14 @@ def geotiff_cube(paths: list[str], cfg: ModisConfig, client: Any, quarantine: Qu
             named[p] = name_date(p.rsplit("/", 1)[-1], cfg.name_pattern)
         except RasterError as e:
             quarantine.add(p, str(e))
-    futures = client.map(_read_tiff, list(named), scale=cfg.scale)
+    futures = _map_batched(client, _read_tiff, list(named), scale=cfg.scale)
     layers = {}
     for fut in track(futures, "reading GeoTIFFs", total=len(futures)):
-        r = fut.result()
-        if "error" in r:
-            quarantine.add(r["path"], r["error"])
-        else:
-            layers[r["path"]] = r
+        for r in fut.result():
+            if "error" in r:
+                quarantine.add(r["path"], r["error"])
+            else:
+                layers[r["path"]] = r
     if not layers:
         return None
     common = Counter(r["grid"].key for r in layers.values()).most_common(1)[0][0]
@@ -278,11 +307,20 @@ def _read_tiff(path: str, scale: float) -> dict[str, Any]:
 
 
 def write_zarr(ds, uri: str) -> None:
-    """The cube as Zarr, chunked by whole tiles and a year of composites (tens of MB, not
-    millions of tiny chunks). Written from memory, not through Dask: the arrays are on the
-    driver already, and a Dask graph would ship them to the workers and back."""
-    sizes = {"time": min(ds.sizes["time"], 46)}
-    encoding = {name: {"chunks": tuple(sizes.get(d, ds.sizes[d]) for d in var.dims)}
+    """The cube as Zarr, chunked by a year of composites and as many whole rows as keep a chunk
+    under ≈ 32 MB (the whole tile for small ones; not millions of tiny chunks, nor GB ones).
+    Compressed with Blosc LZ4 + byte shuffle: on the real MOD09A1 and MOD13A1 rasters it
+    encodes at ≈ 2.8 GB/s, zstd (Zarr's default) at ≈ 0.15 GB/s, which would cost more than
+    decoding the granules, for files 20-40% smaller. Written from memory, not through Dask:
+    the arrays are on the driver already, and a Dask graph would ship them to the workers and
+    back."""
+    from zarr.codecs import BloscCodec
+
+    t = min(ds.sizes["time"], 46)
+    row = max(v.nbytes // (ds.sizes["time"] * ds.sizes["y"]) for v in ds.data_vars.values())  # per date
+    sizes = {"time": t, "y": max(1, min(ds.sizes["y"], CHUNK_BYTES // (t * row)))}
+    codec = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+    encoding = {name: {"chunks": tuple(sizes.get(d, ds.sizes[d]) for d in var.dims), "compressors": [codec]}
                 for name, var in ds.data_vars.items()}
     ds.to_zarr(uri, mode="w", consolidated=False, encoding=encoding)
 
@@ -369,17 +407,19 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
     try:
         plan = plan_tiles(granules, sources, previous if previous and previous.get("params") == params
                           else None)
-        # a local cluster of threads: a granule's arrays then need no copy back to the driver
-        with dask_client(dask_address, processes=False) as client:
+        # a local cluster of one thread: a granule's arrays then need no copy back to the driver,
+        # and pyhdf holds the GIL throughout (its wrappers never release it): more threads
+        # only take turns at it, and measured slower
+        with dask_client(dask_address, workers=1, processes=False) as client:
             by_tile: dict[str, list[dict[str, Any]]] = {}
             todo = [p for t in plan.values() for p in t["decode"]]
-            futures = client.map(_read_granule, todo, bands=m.bands, state=m.state_layer)
+            futures = _map_batched(client, _read_granule, todo, bands=m.bands, state=m.state_layer)
             for fut in track(futures, "reading granules", total=len(futures)):
-                g = fut.result()
-                if "error" in g:
-                    quarantine.add(g["path"], g["error"])
-                else:
-                    by_tile.setdefault(g["tile"], []).append(g)
+                for g in fut.result():
+                    if "error" in g:
+                        quarantine.add(g["path"], g["error"])
+                    else:
+                        by_tile.setdefault(g["tile"], []).append(g)
             for tile, t in sorted(plan.items()):
                 if t["keep"]:  # nothing new for this tile: its cube stays as it is
                     writer.keep_side(f"cube-{tile}.zarr", t["keep"])

@@ -6,6 +6,8 @@ A dataset directory (a local path or any fsspec URI) holds:
     parts/*.parquet          data parts, listed in the manifest with their row counts
     side/*                   vocabulary, embeddings … listed under "side_files"
     quarantine/*.jsonl       rejected rows or files, one JSON record each, with the reason
+    history.jsonl            one record per preprocess run; .advorch.lock: the run lock
+                             (both from pipelines/history.py, never listed in the manifest)
 
 A build stages every new file under `.staging-<build>/`, moves them to their final,
 build-unique names, then replaces manifest.json in one atomic step (temp name +
@@ -22,6 +24,7 @@ import json
 import os
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,18 +63,22 @@ def file_fingerprint(path: str, known: dict[str, Any] | None = None) -> dict[str
     if known and known.get("size") == size and known.get("mtime") == mtime:
         digest = known["sha256"]
     else:
-        h = hashlib.sha256()
         with fs.open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        digest = h.hexdigest()
+            digest = hashlib.file_digest(f, "sha256").hexdigest()  # one reused buffer
     return {"path": str(path), "size": size, "mtime": mtime, "sha256": digest}
 
 
 def fingerprints(paths: list[str], manifest: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """`file_fingerprint` of every path, reusing the hashes the previous manifest holds."""
+    """`file_fingerprint` of every path, reusing the hashes the previous manifest holds.
+
+    On a thread per CPU: reads and sha256 release the GIL, and hashing many small sources
+    (MODIS granules) costs more than decoding their pixels.
+    """
     known = {s["path"]: s for s in (manifest or {}).get("sources", [])}
-    return [file_fingerprint(p, known.get(p)) for p in paths]
+    if len(paths) < 2:
+        return [file_fingerprint(p, known.get(p)) for p in paths]
+    with ThreadPoolExecutor(min(len(paths), os.cpu_count() or 1)) as pool:
+        return list(pool.map(lambda p: file_fingerprint(p, known.get(p)), paths))
 
 
 def read_manifest(root: str) -> dict[str, Any] | None:

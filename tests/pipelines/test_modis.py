@@ -96,6 +96,40 @@ def test_granule_cube_in_zarr_keeps_the_grid(built: Path) -> None:
     np.testing.assert_allclose(refl[:, valid], g["reflectance"][:, valid])
 
 
+def test_struct_metadata_read_in_one_go_is_pyhdfs_text(real) -> None:
+    from pyhdf.SD import SD, SDC
+
+    from advorch.pipelines.rasters import _text_attr
+
+    sd = SD(str(GRANULE), SDC.READ)
+    try:
+        assert _text_attr(sd, "StructMetadata.0") == sd.attributes()["StructMetadata.0"]
+        assert _text_attr(sd, "NoSuchAttribute") is None
+    finally:
+        sd.end()
+
+
+def test_gap_fill_is_per_series_linear_interpolation() -> None:
+    """Against np.interp pixel by pixel: linear inside, nearest valid value at the ends."""
+    rng = np.random.default_rng(0)
+    values = rng.uniform(0, 1, (30, 3, 4, 5)).astype(np.float32)
+    values[rng.random(values.shape) < 0.4] = np.nan
+    values[:, 0, 0, 0] = np.nan  # never observed
+    values[:-1, 0, 0, 1] = np.nan  # observed once, on the last date
+    filled = modis.gap_fill(values)
+    t = np.arange(30)
+    for series, out in zip(np.moveaxis(values, 0, -1).reshape(-1, 30),
+                           np.moveaxis(filled, 0, -1).reshape(-1, 30), strict=True):
+        ok = ~np.isnan(series)
+        if not ok.any():
+            assert np.isnan(out).all()
+            continue
+        np.testing.assert_array_equal(out[ok], series[ok])
+        np.testing.assert_allclose(out, np.interp(t, t[ok], series[ok]), rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(modis.gap_fill(np.moveaxis(values, 0, 2), axis=2),
+                                  np.moveaxis(filled, 0, 2))
+
+
 # ---------------------------------------------------------------- the real GeoTIFF stack
 
 
@@ -199,6 +233,7 @@ def test_bad_granules_are_quarantined_and_the_run_goes_on(tmp_path: Path, real, 
     assert np.isnan(refl[2]).all()  # the missing composite …
     np.testing.assert_allclose(filled[2], (filled[1] + filled[3]) / 2, rtol=1e-5)  # … gap-filled linearly
     assert np.isnan(filled[:, :, 5, 7]).all()  # a pixel never observed stays NaN
+    assert cube["valid"].dtype == bool  # also without cloud masking
 
 
 # ---------------------------------------------------------------- training on the sequences

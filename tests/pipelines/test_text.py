@@ -24,6 +24,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from advorch.pipelines.history import HISTORY, HOLDER, LOCK
 from advorch.pipelines.shards import MANIFEST, listed_files, read_manifest, read_side_file, read_split
 from advorch.pipelines.text import encode_part, tokenize
 from tests.conftest import ADVORCH, MR, mr_config, run_cli
@@ -31,7 +32,8 @@ from tests.conftest import ADVORCH, MR, mr_config, run_cli
 CLASSES = ("neg", "pos")
 LINES_PER_CLASS = 5331
 SPLITS = ("train", "val", "test")
-DATASET_ENTRIES = {MANIFEST, "parts", "side", "quarantine"}
+OPS = {HISTORY, LOCK}  # the run history and lock of every preprocess run (pipelines/history.py)
+DATASET_ENTRIES = {MANIFEST, "parts", "side", "quarantine", *OPS}
 # rich wraps stdout/stderr at 80 columns when they are not a terminal; a wide console
 # keeps each message (and the paths in it) on one line
 WIDE = {**os.environ, "COLUMNS": "400", "TERM": "dumb"}
@@ -193,12 +195,17 @@ def test_byte_0x85_does_not_split_sentences(mr_shards: Path) -> None:
 
 
 def test_second_run_is_up_to_date_and_writes_nothing(mr_shards: Path, tmp_path: Path) -> None:
+    """Only the run's history record (and its lock file) are written; no data file changes."""
     root, config = _copy_shards(mr_shards, tmp_path)
+    ops = {".", ".advorch.lock", "history.jsonl"}
     before = _snapshot(root)
     result = run_cli("preprocess", "text", str(config), cwd=tmp_path, env=WIDE, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "up to date" in result.stdout
-    assert _snapshot(root) == before
+    data = lambda snap: {k: v for k, v in snap.items() if k not in ops}  # noqa: E731
+    assert data(_snapshot(root)) == data(before)
+    records = (root / "history.jsonl").read_text().splitlines()
+    assert len(records) == 1 and '"status": "up_to_date"' in records[0]
 
 
 def test_changed_param_rebuilds_and_removes_the_old_build(mr_shards: Path, tmp_path: Path,
@@ -216,7 +223,7 @@ def test_changed_param_rebuilds_and_removes_the_old_build(mr_shards: Path, tmp_p
     _assert_complete(root, new)
     for rel in listed_files(old):
         assert not (root / rel).exists(), f"{rel} of the old build is still there"
-    assert _files(root) == listed_files(new) | {MANIFEST}
+    assert _files(root) == listed_files(new) | {MANIFEST, *OPS}
     assert {p.name for p in root.iterdir()} == DATASET_ENTRIES
     # the split does not depend on min_count: same rows in the same splits
     for s in SPLITS:
@@ -282,8 +289,9 @@ def _assert_consistent_after_crash(root: Path, old: dict) -> str:
     _assert_complete(root, manifest)
     for entry in root.iterdir():
         # `.manifest.json.<build>.tmp` is the commit's own temp name (written, fsynced,
-        # then renamed); a kill between the two can leave it, and the next commit removes it
-        assert (entry.name in DATASET_ENTRIES or entry.name.startswith(".staging-")
+        # then renamed); a kill between the two can leave it, and the next commit removes it;
+        # HOLDER names the killed run (the next run records it as interrupted)
+        assert (entry.name in DATASET_ENTRIES | {HOLDER} or entry.name.startswith(".staging-")
                 or (entry.name.startswith(f".{MANIFEST}.") and entry.name.endswith(".tmp"))), entry
     return state
 
@@ -324,7 +332,7 @@ def test_sigkill_during_rebuild_leaves_a_complete_state(mr_shards: Path, tmp_pat
     assert new["build_id"] != old["build_id"] and new["params"]["min_count"] == 2
     _assert_complete(root, new)
     assert {p.name for p in root.iterdir()} == DATASET_ENTRIES
-    assert _files(root) == listed_files(new) | {MANIFEST}
+    assert _files(root) == listed_files(new) | {MANIFEST, *OPS}
 
 
 # ---------------------------------------------------------------- bad input
