@@ -85,6 +85,8 @@ def main() -> None:
         f"{args.epochs} epochs on MR; every training logs its model to MLflow (sqlite). The Tune side "
         "also registers the best model and logs the trial table and plots.",
         "- Target (issue 4): `serial` ratio ≤ 1.15x for trials of ≥ 10 s.",
+        "- `advorch tune` reuses trial actors under FIFO (warm imports and Ray Train setup); "
+        "without reuse this benchmark measured serial 1.449x, shared 0.939x (commit a473e98).",
     ])
     print(notes)
     report.write("tune_overhead", rows, notes)
