@@ -91,6 +91,10 @@ def test_submitted_job_spreads_over_nodes_survives_node_loss_and_registers_on_ml
     assert "test metrics" in follow.stdout and "test_accuracy" in follow.stdout  # the job's own output
     status = run_cli("jobs", "status", job_id, "--address", ray_cluster.address, env=env())
     assert status.returncode == 0 and "SUCCEEDED" in status.stdout
+    listed = run_cli("jobs", "list", "--address", ray_cluster.address, env=env())
+    assert listed.returncode == 0 and job_id in listed.stdout and "SUCCEEDED" in listed.stdout
+    stop = run_cli("jobs", "stop", job_id, "--address", ray_cluster.address, env=env())
+    assert stop.returncode == 0 and "already ended" in stop.stdout
 
     # the first worker group stopped mid-run; the second continued from a checkpoint the
     # first had written (the kill takes effect within a few seconds: an epoch may still end)
