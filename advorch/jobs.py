@@ -12,11 +12,11 @@ or a shared filesystem.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shlex
 import shutil
 import tempfile
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from advorch.config import ExperimentConfig
-
-TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+from advorch.trainers.launch import dataset_uri
 
 
 class JobError(RuntimeError):
@@ -44,13 +43,6 @@ def client(address: str):
                        "(http://HEAD:8265); the cluster needs ray[default] for the Jobs API.") from e
 
 
-def cluster_path(value: str) -> str:
-    """A path as the job on the cluster must see it: URIs as they are, local paths absolute."""
-    if "://" in value:
-        return value
-    return str(Path(value).expanduser().absolute())
-
-
 def cluster_tracking_uri(uri: str) -> str:
     """sqlite:///relative.db → sqlite:////abs/relative.db; any other URI as it is."""
     prefix = "sqlite:///"
@@ -67,8 +59,8 @@ def entrypoint_args(cfg: ExperimentConfig, command: str, *, data: str | None = N
     if command not in ("train", "tune"):
         raise JobError(f"--command {command!r}: choose train or tune")
     notes = []
-    data_path = cluster_path(data or cfg.data.output)
-    storage = cluster_path(cfg.train.storage)
+    data_path = dataset_uri(data or cfg.data.output)
+    storage = dataset_uri(cfg.train.storage)
     tracking = cluster_tracking_uri(mlflow_uri or cfg.mlflow.tracking_uri)
     for name, value in (("dataset", data_path), ("checkpoint storage", storage), ("MLflow", tracking)):
         if "://" not in value or value.startswith(("file://", "sqlite:")):
@@ -152,18 +144,17 @@ def stop(address: str, job_id: str) -> bool:
     return bool(client(address).stop_job(job_id))
 
 
-def follow(address: str, job_id: str, write: Callable[[str], None], poll: float = 1.0,
-           timeout: float | None = None) -> str:
-    """Print the job's new log text as it comes, until it ends; return its final status."""
-    c, shown, deadline = client(address), 0, None if timeout is None else time.time() + timeout
-    while True:
-        state = _name(c.get_job_status(job_id))
-        text = c.get_job_logs(job_id)
-        if len(text) > shown:
-            write(text[shown:])
-            shown = len(text)
-        if state in TERMINAL:
-            return state
-        if deadline is not None and time.time() > deadline:
-            raise JobError(f"job {job_id} still {state} after {timeout:g} s")
-        time.sleep(poll)
+def follow(address: str, job_id: str, write: Callable[[str], None]) -> str:
+    """Print the job's log as it comes (Ray's log stream, from the start), until it ends;
+    return its final status."""
+    c = client(address)
+
+    async def tail() -> None:
+        async for chunk in c.tail_job_logs(job_id):
+            write(chunk)
+
+    try:
+        asyncio.run(tail())
+    except RuntimeError as e:
+        raise JobError(f"lost the log stream of job {job_id} at {address}: {e}") from e
+    return _name(c.get_job_status(job_id))

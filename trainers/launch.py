@@ -69,9 +69,7 @@ def fit(cfg: ExperimentConfig, data: str, *, run_id: str | None = None,
     from advorch.trainers.loop import train_worker
 
     workers = cfg.train.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    storage = storage or cfg.train.storage
-    if "://" not in storage:
-        storage = str(Path(storage).absolute())
+    storage = dataset_uri(storage or cfg.train.storage)
     name = name or f"{cfg.name}-{uuid.uuid4().hex[:8]}"  # fresh: a reused name resumes
     progress = f"{storage}/{name}/progress.jsonl"
     trainer = TorchTrainer(
@@ -160,7 +158,9 @@ def train(cfg: ExperimentConfig, data: str | None = None, *, ray_address: str | 
 
 
 def dataset_uri(data: str) -> str:
-    return data if "://" in data else str(Path(data).absolute())
+    """A location as every process (and every node) must see it: URIs as they are, local
+    paths absolute. Used for datasets, checkpoint storage and sweeps."""
+    return data if "://" in data else str(Path(data).expanduser().absolute())
 
 
 def read_dataset_manifest(data: str) -> dict[str, Any]:

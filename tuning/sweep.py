@@ -100,7 +100,7 @@ def _storage(storage: str) -> tuple[Any, str]:
     """(filesystem, root) of train.storage: a URI (s3://…, gs://…) or a local folder."""
     import fsspec
 
-    return fsspec.core.url_to_fs(storage if "://" in storage else str(Path(storage).absolute()))
+    return fsspec.core.url_to_fs(dataset_uri(storage))
 
 
 def _uri(fs: Any, path: str) -> str:
