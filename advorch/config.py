@@ -144,6 +144,9 @@ class ModelConfig(_Section):
     embedding_dim: int = Field(128, ge=1)
     hidden_dim: int = Field(140, ge=1)
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    bidirectional: bool = Field(
+        False, description="also read the sequence backwards (h^t = [→h^t; ←h^t]), so attention on "
+                           "early steps sees the whole series; the paper's LSTM is one-way")
     max_length: int = Field(100, ge=1, description="longer sequences keep their first tokens")
     pretrained_vectors: str | None = Field(None, description="word2vec/GloVe text file to start from")
     init_embeddings: Literal["dataset", "random"] = Field(

@@ -51,7 +51,7 @@ def random_forest(data: str, seed: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=None, help="Ray Train workers (default: the config's)")
     args = ap.parse_args()
 
     from advorch.config import load_config
@@ -62,7 +62,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = [f'data.output="{tmp}/shards"', "data.modis.granules=[]", "data.modis.geotiffs=[]",
                 f'data.modis.samples.path="{MODIS}/sits/samples_mt_9classes_long.csv"']
-        modis.run(load_config(ROOT / "configs" / "modis_sits.toml", data).data)
+        cfg = load_config(ROOT / "configs" / "modis_sits.toml", data)
+        workers = args.workers or cfg.train.workers
+        modis.run(cfg.data)
         accs = [random_forest(f"{tmp}/shards", seed) for seed in range(args.seeds)]
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         print(f"random forest: {accs}", flush=True)
@@ -72,7 +74,7 @@ def main() -> None:
                      f"{std:.4f} | {min(accs):.4f} – {max(accs):.4f} | {len(accs)} |")
         init_ray()
 
-        cfg_for = configs(ROOT / "configs" / "modis_sits.toml", data + BASE, args.workers,
+        cfg_for = configs(ROOT / "configs" / "modis_sits.toml", data + BASE, workers,
                           f"{tmp}/runs", "sits")
 
         def write(rows: list, lines: list[str]) -> None:
@@ -81,9 +83,11 @@ def main() -> None:
                 *lines, "",
                 "- configs/modis_sits.toml: 2,115 samples, 9 classes, 23 dates × 6 bands (mir, blue, nir, "
                 "red, evi, ndvi) → 22 steps × 12 features (32-day windows sliding by 16 days); 50/50 "
-                "stratified split, val = 10% of train; LSTM-Attention hidden 128 on standardised inputs, "
-                f"ε = 1.0 (in feature standard deviations), SF K = 40%, CAT γ = 0.6; {args.workers} Ray "
-                "Train workers, ≤ 100 epochs, patience 10.",
+                f"stratified split, val = {cfg.data.val_fraction:.0%} of train; LSTM-Attention hidden "
+                f"{cfg.model.hidden_dim}, dropout {cfg.model.dropout} on standardised inputs, ε = "
+                f"{cfg.regime.epsilon} (in feature standard deviations), SF K = {cfg.regime.keep_ratio:.0%}, "
+                f"CAT γ = {cfg.regime.gamma}; {workers} Ray Train worker(s) × batch {cfg.train.batch_size}, "
+                f"lr {cfg.train.lr}, ≤ {cfg.train.epochs} epochs, patience {cfg.train.patience}.",
                 "- Target (issue 5): attention-aware regimes ≥ LSTM-Attention ≥ random forest.",
             ])
             print(notes, flush=True)

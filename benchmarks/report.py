@@ -50,6 +50,22 @@ def summary_rows(name: str, metric: str, samples: Sequence[float], unit: str,
     return out
 
 
+def pool(earlier: dict[str, Any] | None, values: Sequence[float]) -> tuple[float, float, int]:
+    """(mean, sample std, n) of an earlier row's n values together with `values`, exactly
+    (Chan et al.'s parallel variance: within-part sums of squares plus between-part spread)."""
+    xs = list(values)
+    n2, m2 = len(xs), statistics.fmean(xs)
+    ss2 = sum((x - m2) ** 2 for x in xs)
+    if not earlier:
+        return m2, statistics.stdev(xs) if n2 > 1 else 0.0, n2
+    n1, m1 = earlier["n"], earlier["mean"]
+    ss1 = (earlier["std"] or 0.0) ** 2 * (n1 - 1)
+    n = n1 + n2
+    mean = (n1 * m1 + n2 * m2) / n
+    ss = ss1 + ss2 + (m1 - m2) ** 2 * n1 * n2 / n
+    return mean, (ss / (n - 1)) ** 0.5 if n > 1 else 0.0, n
+
+
 def machine() -> dict[str, Any]:
     """Where the numbers came from; load_avg tells a quiet machine from a busy one."""
     import torch

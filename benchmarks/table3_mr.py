@@ -9,12 +9,16 @@ embeddings and LSTM on Amazon reviews; we train from scratch (no such corpus her
 
     .venv/bin/python benchmarks/table3_mr.py --seeds 5
     .venv/bin/python benchmarks/table3_mr.py --seeds 1 --rows attention_at,attention_at_sf
+
+A run cut short can be completed: `--first-seed 2 --seeds 3 --pool-with results/table3_mr.json`
+(copied before the run) trains seeds 2-4 and pools them exactly with that file's seeds 0-1 of the
+same rows (mean, sample std and n from both parts); rows not re-run keep the earlier figures.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import json
 import sys
 import tempfile
 import time
@@ -57,6 +61,9 @@ BASE = ["model.dropout=0.3", "regime.lam=1.0", "regime.keep_ratio=0.6",
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--first-seed", type=int, default=0)
+    ap.add_argument("--pool-with", type=Path, default=None,
+                    help="an earlier results JSON of this benchmark whose seeds are 0..first-seed-1")
     ap.add_argument("--rows", default=",".join(k for k, *_ in ROWS))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--set", dest="extra", action="append", default=[], help="more overrides")
@@ -68,13 +75,14 @@ def main() -> None:
 
     from advorch.trainers.launch import init_ray, train
 
+    earlier = previous_runs(args.pool_with, args.first_seed)
     rows, lines = [], []
     with tempfile.TemporaryDirectory() as tmp:
         mrdata.prepare(Path(tmp) / "mr")
         init_ray()
         for key, label, paper, overrides in (r for r in ROWS if r[0] in wanted):
             accs, secs = [], []
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 cfg = mrdata.config(Path(tmp) / "mr", BASE + overrides + args.extra + [
                     f"train.seed={seed}", f"train.workers={args.workers}", f'name="table3-{key}"',
                     f'train.storage="{tmp}/runs"'])
@@ -83,19 +91,45 @@ def main() -> None:
                 secs.append(time.perf_counter() - t0)
                 accs.append(result.metrics["test_accuracy"])
                 print(f"{label:32s} seed {seed}: test_accuracy {accs[-1]:.4f} ({secs[-1]:.0f}s)", flush=True)
-            std = statistics.stdev(accs) if len(accs) > 1 else 0.0
-            rows.append(report.row(key, "test_accuracy_mean", statistics.fmean(accs), std, len(accs), "acc"))
+            acc = report.pool(earlier.get((key, "test_accuracy_mean")), accs)
+            sec = report.pool(earlier.get((key, "train_seconds_mean")), secs)
+            rows.append(report.row(key, "test_accuracy_mean", *acc, "acc"))
             rows.append(report.row(key, "paper_test_accuracy", paper, None, 5, "acc"))
-            rows.append(report.row(key, "train_seconds_mean", statistics.fmean(secs), None, len(secs), "s"))
-            lines.append(f"| {label} | {statistics.fmean(accs):.4f} ± {std:.4f} | {paper:.4f} | "
-                         f"{statistics.fmean(accs) - paper:+.4f} | {len(accs)} |")
-            write(rows, lines, args)  # after every row: a cut-off run keeps what it measured
+            rows.append(report.row(key, "train_seconds_mean", sec[0], None, sec[2], "s"))
+            lines.append(f"| {label} | {acc[0]:.4f} ± {acc[1]:.4f} | {paper:.4f} | {acc[0] - paper:+.4f} | "
+                         f"{acc[2]} |")
+            write(rows, lines, args, earlier)  # after every row: a cut-off run keeps what it measured
 
 
-def write(rows: list, lines: list[str], args: argparse.Namespace) -> None:
+def previous_runs(path: Path | None, first_seed: int) -> dict:
+    """{(row, metric): row dict} of an earlier run whose seeds were 0..first_seed-1, plus the key
+    "command" (its command and date); empty without --pool-with."""
+    if path is None:
+        return {}
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    if doc.get("benchmark") != "table3_mr":
+        raise SystemExit(f"{path}: not a table3_mr result (benchmark = {doc.get('benchmark')!r})")
+    out = {(r["name"], r["metric"]): r for r in doc["rows"]}
+    for (name, metric), r in out.items():
+        if metric == "test_accuracy_mean" and r["n"] != first_seed:
+            raise SystemExit(f"{path}: row {name} has {r['n']} seeds, so the new seeds must start at "
+                             f"{r['n']} (--first-seed {r['n']}), not {first_seed}")
+    out["command"] = f"`{doc['command']}` ({doc['date'][:16]}, seeds 0–{first_seed - 1})"
+    return out
+
+
+def write(rows: list, lines: list[str], args: argparse.Namespace, earlier: dict) -> None:
+    done = {r["name"] for r in rows}
+    kept = [r for k, r in earlier.items() if k != "command" and r["name"] not in done]
+    if kept:  # rows this run did not reach keep the earlier run's figures
+        lines = lines + [f"| {r['name']} (earlier run only) | {r['mean']:.4f} ± {r['std']:.4f} | – | – | "
+                         f"{r['n']} |" for r in kept if r["metric"] == "test_accuracy_mean"]
+    last = args.first_seed + args.seeds - 1
     notes = "\n".join([
         "| method | advorch (mean ± std) | paper | difference | seeds |", "|---|---|---|---|---|",
         *lines, "",
+        *([f"- Pooled: seeds {args.first_seed}–{last} of this run with {earlier['command']}; mean, sample "
+           "std and n computed exactly from both parts."] if earlier else []),
         "- Settings: " + ", ".join(BASE) + f"; ε: all-step AT {AT_EPS[15:]} (LSTM+AT {LSTM_AT_EPS[15:]}), "
         f"attention-aware {ATT_EPS[15:]}; {args.workers} Ray Train workers; 50/50 split, "
         "val = 10% of train for early stopping; test accuracy of the best validation epoch.",
@@ -103,7 +137,7 @@ def write(rows: list, lines: list[str], args: argparse.Namespace) -> None:
         "we train from random init, which we expect to cost most of the gap to the paper.",
     ])
     print(notes, flush=True)
-    report.write("table3_mr", rows, notes)
+    report.write("table3_mr", rows + kept, notes)
 
 
 if __name__ == "__main__":

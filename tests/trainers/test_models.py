@@ -26,11 +26,24 @@ def test_attention_is_a_distribution_over_real_steps_only():
 def test_padding_does_not_change_the_output():
     torch.manual_seed(0)
     for name in ("lstm", "lstm_attention"):
-        model = build_model(ModelConfig(name=name, hidden_dim=8, embedding_dim=6), 20, 3).eval()
-        short, padded = _batch([[3, 4, 5]]), _batch([[3, 4, 5, 0, 0, 0, 0]])
-        a = model(model.embed(short), short).logits
-        b = model(model.embed(padded), padded).logits
-        torch.testing.assert_close(a, b)
+        for bidirectional in (False, True):  # the backward pass must start on the last real step
+            cfg = ModelConfig(name=name, hidden_dim=8, embedding_dim=6, bidirectional=bidirectional)
+            model = build_model(cfg, 20, 3).eval()
+            short, padded = _batch([[3, 4, 5]]), _batch([[3, 4, 5, 0, 0, 0, 0], [6, 7, 8, 9, 10, 11, 12]])
+            a = model(model.embed(short), short).logits
+            b = model(model.embed(padded), padded).logits[:1]
+            torch.testing.assert_close(a, b)
+
+
+def test_bidirectional_states_see_the_whole_sequence():
+    """Step 0's state depends on the last token only when the LSTM also reads backwards."""
+    torch.manual_seed(0)
+    for bidirectional, width in ((False, 8), (True, 16)):
+        model = build_model(ModelConfig(hidden_dim=8, embedding_dim=6, bidirectional=bidirectional), 20, 2).eval()
+        x, y = _batch([[3, 4, 5, 6]]), _batch([[3, 4, 5, 9]])
+        hx, hy = (model(model.embed(b), b).hidden for b in (x, y))
+        assert hx.shape == (1, 4, width)
+        assert torch.equal(hx[0, 0], hy[0, 0]) != bidirectional
 
 
 def test_plain_lstm_has_no_attention_and_models_expose_embed():

@@ -19,5 +19,6 @@ def build_model(cfg: ModelConfig, vocab_size: int, num_classes: int,
     if cfg.name in ("lstm", "lstm_attention"):
         return LSTMAttention(vocab_size, num_classes, cfg.embedding_dim, cfg.hidden_dim,
                              attention=cfg.name == "lstm_attention", dropout=cfg.dropout,
+                             bidirectional=cfg.bidirectional,
                              pretrained=pretrained, input_dim=input_dim, input_stats=input_stats)
     raise ValueError(f"unknown model.name {cfg.name!r}")

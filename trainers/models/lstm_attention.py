@@ -25,6 +25,8 @@ class LSTMAttention(nn.Module):
         attention: False gives the plain LSTM baseline (last real hidden state).
         dropout: on the (possibly perturbed) embeddings and on the pooled state.
         pretrained: optional (vocab_size, D) initial embedding matrix.
+        bidirectional: h^t = [→h^t; ←h^t] (2H); the plain LSTM then classifies from the last
+            real step of the forward pass and the first step of the backward one.
         input_dim: F for feature sequences (MODIS windows): no embedding, `embed` returns the
             features standardised by `input_stats` (mean, std per feature), so perturbations
             act on the input values, ε in standard deviations.
@@ -32,7 +34,7 @@ class LSTMAttention(nn.Module):
 
     def __init__(self, vocab_size: int, num_classes: int, embedding_dim: int = 128,
                  hidden_dim: int = 140, attention: bool = True, dropout: float = 0.5,
-                 pretrained: Tensor | None = None, input_dim: int | None = None,
+                 pretrained: Tensor | None = None, bidirectional: bool = False, input_dim: int | None = None,
                  input_stats: tuple[Tensor, Tensor] | None = None) -> None:
         super().__init__()
         if input_dim:  # feature sequences only: token models keep their state dict as it was
@@ -42,11 +44,13 @@ class LSTMAttention(nn.Module):
         self.embedding = None if input_dim else nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
         if pretrained is not None:
             self.embedding.weight.data.copy_(pretrained)
-        self.lstm = nn.LSTM(input_dim or embedding_dim, hidden_dim, batch_first=True)
+        self.lstm = nn.LSTM(input_dim or embedding_dim, hidden_dim, batch_first=True,
+                            bidirectional=bidirectional)
+        width = hidden_dim * (2 if bidirectional else 1)
         self.attention = attention
-        self.v = nn.Parameter(torch.randn(hidden_dim) / hidden_dim**0.5) if attention else None
+        self.v = nn.Parameter(torch.randn(width) / width**0.5) if attention else None
         self.drop = nn.Dropout(dropout)
-        self.out = nn.Linear(hidden_dim, num_classes)  # W_y
+        self.out = nn.Linear(width, num_classes)  # W_y
 
     def embed(self, batch: Batch) -> Tensor:
         """Token ids (B, T) → embeddings (B, T, D), or the features (B, T, F): the perturbable input."""
@@ -56,7 +60,7 @@ class LSTMAttention(nn.Module):
 
     def forward(self, e: Tensor, batch: Batch) -> Output:
         mask = batch["mask"]  # (B, T)
-        h, _ = self.lstm(self.drop(e))  # (B, T, H); steps after the end do not reach earlier ones
+        h = self._hidden(self.drop(e), mask)  # (B, T, H)
         if self.attention:
             scores = (h @ self.v).masked_fill(~mask, float("-inf"))  # (B, T), eq. 8
             alpha = torch.softmax(scores, dim=1)
@@ -65,7 +69,20 @@ class LSTMAttention(nn.Module):
             alpha = None
             last = mask.sum(1).clamp(min=1) - 1  # (B,)
             pooled = h[torch.arange(h.size(0), device=h.device), last]  # (B, H)
+            if self.lstm.bidirectional:  # the backward direction has read everything at step 0
+                half = h.size(-1) // 2
+                pooled = torch.cat([pooled[:, :half], h[:, 0, half:]], dim=-1)
         return Output(logits=self.out(self.drop(pooled)), attention=alpha, hidden=h)
+
+    def _hidden(self, e: Tensor, mask: Tensor) -> Tensor:
+        """LSTM states; one-way, steps after the end never reach earlier ones. A backward pass
+        would start on the padding, so a bidirectional LSTM reads packed real steps only."""
+        if not self.lstm.bidirectional:
+            return self.lstm(e)[0]
+        lengths = mask.sum(1).clamp(min=1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(e, lengths, batch_first=True, enforce_sorted=False)
+        return nn.utils.rnn.pad_packed_sequence(self.lstm(packed)[0], batch_first=True,
+                                                total_length=e.size(1))[0]
 
 
 class Serving(nn.Module):
