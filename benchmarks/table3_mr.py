@@ -122,8 +122,10 @@ def write(rows: list, lines: list[str], args: argparse.Namespace, earlier: dict)
     done = {r["name"] for r in rows}
     kept = [r for k, r in earlier.items() if k != "command" and r["name"] not in done]
     if kept:  # rows this run did not reach keep the earlier run's figures
-        lines = lines + [f"| {r['name']} (earlier run only) | {r['mean']:.4f} ± {r['std']:.4f} | – | – | "
-                         f"{r['n']} |" for r in kept if r["metric"] == "test_accuracy_mean"]
+        paper = {k: (label, acc) for k, label, acc, _ in ROWS}
+        lines = lines + [f"| {paper[r['name']][0]} (earlier run only) | {r['mean']:.4f} ± {r['std']:.4f} | "
+                         f"{paper[r['name']][1]:.4f} | {r['mean'] - paper[r['name']][1]:+.4f} | {r['n']} |"
+                         for r in kept if r["metric"] == "test_accuracy_mean"]
     last = args.first_seed + args.seeds - 1
     notes = "\n".join([
         "| method | advorch (mean ± std) | paper | difference | seeds |", "|---|---|---|---|---|",
