@@ -4,7 +4,7 @@ The input is built here from the one real MOD09A1 granule: N byte-for-byte copie
 for the N 8-day composites of 2017 (the date is in the file name), so the cube has N
 dates. Bare decoding: pyhdf opens each file and reads its 7 reflectance bands and the
 state layer, one file after another. Pipeline: one whole `advorch.pipelines.modis.run`
-(sha256 of every file, a Dask LocalCluster of threads reading the granules in batches,
+(BLAKE3 of every file, a Dask LocalCluster of threads reading the granules in batches,
 scaling, fill and QA masks, stacking on the calendar, gap fill, NDVI, Zarr write,
 manifest). Both in the same run, alternating, MB of HDF per second. Then the pipeline's
 stages one by one on the larger input, in ms per granule: where the time goes.
@@ -57,12 +57,12 @@ def stages(files: list[Path], cfg, out: Path) -> dict[str, float]:
     """Seconds of each stage of the pipeline, run on its own on `files` (one tile)."""
     from advorch.pipelines import modis
     from advorch.pipelines.rasters import read_hdf_granule
-    from advorch.pipelines.shards import Quarantine
+    from advorch.pipelines.shards import Quarantine, fingerprints
 
     paths, m, secs = [str(f) for f in files], cfg.modis, {}
     t0 = time.perf_counter()
-    modis._fingerprints(paths, None)
-    secs["sha256 of each whole file (source fingerprints, a thread per CPU)"] = time.perf_counter() - t0
+    fingerprints(paths, None)
+    secs["BLAKE3 of each whole file (source fingerprints, a thread per CPU)"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     granules = [{"path": p, **read_hdf_granule(p, m.bands, m.state_layer)} for p in paths]
     secs["decode: bands, attributes, grid, scale, fill + QA masks"] = time.perf_counter() - t0
@@ -147,7 +147,7 @@ def main() -> None:
         f"pipeline {marginal['granules → Zarr cube (pipeline)']:.0f} MB/s = {ratio:.3f}x. Target ≥ 0.5x.",
         f"- Input: copies of the one real MOD09A1 h18v04 granule (a 66x73 px subset in a 2.3 MB file) "
         "named for consecutive 8-day composites from 2017 on. Per granule, bare decoding reads only "
-        "≈ 0.1 MB of pixels, while the pipeline also hashes all 2.3 MB of the file (the manifest's "
+        "≈ 0.1 MB of pixels, while the pipeline also hashes all 2.3 MB of the file (BLAKE3, the manifest's "
         "source fingerprint, which decides what an incremental re-run may reuse), reads the bands' "
         "scale/fill attributes and the grid, and builds and writes the cube. "
         f"{args.repeats} runs each, alternating, after one warm-up run per size.",

@@ -37,7 +37,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from advorch.config import DataConfig
 from advorch.pipelines.common import PipelineError, Summary
-from advorch.pipelines.shards import read_manifest
+from advorch.pipelines.shards import HASH, read_manifest
 
 LOCK = ".advorch.lock"
 HOLDER = ".advorch.running.json"
@@ -128,9 +128,9 @@ def read_history(output: str) -> list[dict[str, Any]]:
 
 
 def source_changes(before: dict[str, Any] | None, after: dict[str, Any]) -> dict[str, list[str]]:
-    """Source paths added, changed (new sha256) and removed between two manifests."""
-    old = {s["path"]: s["sha256"] for s in (before or {}).get("sources", [])}
-    new = {s["path"]: s["sha256"] for s in after.get("sources", [])}
+    """Source paths added, changed (new content hash) and removed between two manifests."""
+    old = {s["path"]: s.get(HASH) for s in (before or {}).get("sources", [])}
+    new = {s["path"]: s.get(HASH) for s in after.get("sources", [])}
     return {"sources_added": sorted(new.keys() - old.keys()),
             "sources_changed": sorted(p for p in new.keys() & old.keys() if new[p] != old[p]),
             "sources_removed": sorted(old.keys() - new.keys())}

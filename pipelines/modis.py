@@ -12,7 +12,7 @@ interpolation in time between the pixel's nearest valid observations, and by the
 valid one before the first / after the last. The cube keeps both `reflectance` (masked,
 NaN where not valid) and `filled`; `valid` says which is which.
 
-Incremental: the manifest records, per tile, the granules (path, sha256) its cube holds. A
+Incremental: the manifest records, per tile, the granules (path, BLAKE3 hash) its cube holds. A
 re-run keeps a tile's cube as it is when its granules are unchanged, and extends it when
 granules were only added (new dates): the old ones are read back from the cube, not decoded
 again, and the time series is gap-filled anew. Any other change to a tile rebuilds it; a
@@ -40,6 +40,7 @@ from advorch.pipelines.common import PipelineError, Summary
 from advorch.pipelines.events import expand
 from advorch.pipelines.rasters import Grid, RasterError, granule_date, read_geotiff, read_hdf_granule
 from advorch.pipelines.shards import (
+    HASH,
     DatasetWriter,
     Quarantine,
     fingerprints,
@@ -49,6 +50,7 @@ from advorch.pipelines.shards import (
 from advorch.progress import track
 
 CHUNK_BYTES = 32 << 20  # Zarr chunks of tens of MB: few files, each big enough to stream
+FILL_BLOCK_BYTES = 4 << 20  # gap filling's index temporaries, per block of series
 
 
 def _read_granule(path: str, bands: list[str], state: str) -> dict[str, Any]:
@@ -84,31 +86,41 @@ def composite_dates(first: _dt.date, last: _dt.date, days: int) -> list[_dt.date
 
 def gap_fill(values: np.ndarray, axis: int = 0) -> np.ndarray:
     """Linear interpolation of NaNs along `axis` (time), nearest valid value at the ends;
-    all-NaN series stay NaN. Vectorised over every other axis."""
+    all-NaN series stay NaN. Vectorised over every other axis, a block of series at a time:
+    the index temporaries stay ≈ 4 MB whatever the cube's size (a whole tile-year at once
+    would need two int32 copies of it), and are reused from block to block."""
     v = np.moveaxis(values, axis, 0)
     t, rest = v.shape[0], v.shape[1:]
-    flat = v.reshape(t, -1)
-    ok = ~np.isnan(flat)
-    # index of the previous / next valid step for every step (or -1 / t when none), one time
-    # step at a time over whole rows: ≈ 2x faster than ufunc.accumulate along the first axis
-    prev, nxt = np.empty(flat.shape, np.int32), np.empty(flat.shape, np.int32)
-    last = np.full(flat.shape[1], -1, np.int32)
-    for k in range(t):
-        np.copyto(last, k, where=ok[k])
-        prev[k] = last
-    last.fill(t)
-    for k in range(t - 1, -1, -1):
-        np.copyto(last, k, where=ok[k])
-        nxt[k] = last
-    # interpolate at the missing steps only (a few % of a cube), in float64 as one expression
-    miss = np.flatnonzero(~ok)
-    rows, cols = np.divmod(miss, flat.shape[1])
-    p, n = prev.ravel()[miss], nxt.ravel()[miss]
-    has_p, has_n = p >= 0, n < t
-    pv, nv = flat[np.maximum(p, 0), cols], flat[np.minimum(n, t - 1), cols]
-    w = (rows - p) / np.maximum(n - p, 1)
-    out = flat.copy()
-    out.ravel()[miss] = np.where(has_p & has_n, pv + w * (nv - pv), np.where(has_p, pv, nv))
+    out = v.reshape(t, -1)
+    out = out.copy() if np.shares_memory(out, values) else out  # the result, filled in place
+    width = min(out.shape[1], max(256, FILL_BLOCK_BYTES // (4 * t)))
+    prev, nxt = np.empty((t, width), np.int32), np.empty((t, width), np.int32)
+    ok, last = np.empty((t, width), bool), np.empty(width, np.int32)
+    for c0 in range(0, out.shape[1], width):
+        block = out[:, c0:c0 + width]  # a view into the result
+        w = block.shape[1]
+        okb = np.isnan(block, out=ok[:, :w])
+        np.logical_not(okb, out=okb)
+        if okb.all():
+            continue
+        # index of the previous / next valid step for every step (or -1 / t when none), one time
+        # step at a time over whole rows: ≈ 2x faster than ufunc.accumulate along the first axis
+        p, n, lw = prev[:, :w], nxt[:, :w], last[:w]
+        lw.fill(-1)
+        for k in range(t):
+            np.copyto(lw, k, where=okb[k])
+            p[k] = lw
+        lw.fill(t)
+        for k in range(t - 1, -1, -1):
+            np.copyto(lw, k, where=okb[k])
+            n[k] = lw
+        # interpolate at the missing steps only (a few % of a cube), in float64 as one expression
+        rows, cols = np.nonzero(~okb)
+        pk, nk = p[rows, cols], n[rows, cols]
+        has_p, has_n = pk >= 0, nk < t
+        pv, nv = block[np.maximum(pk, 0), cols], block[np.minimum(nk, t - 1), cols]
+        frac = (rows - pk) / np.maximum(nk - pk, 1)
+        block[rows, cols] = np.where(has_p & has_n, pv + frac * (nv - pv), np.where(has_p, pv, nv))
     return np.moveaxis(out.reshape(t, *rest), 0, axis)
 
 
@@ -333,7 +345,7 @@ def plan_tiles(granules: list[str], sources: list[dict[str, Any]],
     A tile whose granules are exactly the ones its cube was built from is kept; one that only
     gained granules (new dates, or files quarantined before) is extended: its old granules are
     not decoded again; any other change rebuilds it."""
-    sha = {s["path"]: s["sha256"] for s in sources}
+    digest = {s["path"]: s[HASH] for s in sources}
     tiles: dict[str, list[str]] = {}
     for path in granules:
         try:
@@ -344,7 +356,7 @@ def plan_tiles(granules: list[str], sources: list[dict[str, Any]],
     for tile, paths in tiles.items():
         before = (previous or {}).get("cubes", {}).get(tile, {}).get("granules", {})
         side = (previous or {}).get("side_files", {}).get(f"cube-{tile}.zarr")
-        same = {p for p in paths if before.get(p) == sha[p]}
+        same = {p for p in paths if before.get(p) == digest[p]}
         if side and same == set(paths) == set(before):
             plan[tile] = {"decode": [], "keep": side, "layers": None}
         elif side and same == set(before):
@@ -361,7 +373,7 @@ def open_zarr(uri: str):
 
 
 def describe(ds, sources: dict[str, str] | None = None) -> dict[str, Any]:
-    """A cube's manifest entry: sizes, dates, CRS, transform, and the granules (path → sha256)
+    """A cube's manifest entry: sizes, dates, CRS, transform, and the granules (path → hash)
     it was built from."""
     return {"dims": dict(ds.sizes), "dates": [str(d)[:10] for d in ds.time.values],
             "crs": ds.attrs["crs"], "transform": ds.attrs["transform"], "granules": sources or {}}
@@ -400,7 +412,7 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
     from advorch.pipelines.samples import concat, read_samples, write_sequences
 
     quarantine = Quarantine()
-    sha = {src["path"]: src["sha256"] for src in sources}
+    digest = {src["path"]: src[HASH] for src in sources}
     writer = DatasetWriter(output, kind="modis")
     cubes: dict[str, dict[str, Any]] = {}
     series = []
@@ -433,7 +445,7 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
                 record_holes(ds, quarantine)
                 if m.labels:
                     series.append(pixel_series(ds, m.labels, quarantine))
-                cubes[tile] = describe(ds, {p: sha[p] for p in ds.attrs["granules"].values()})
+                cubes[tile] = describe(ds, {p: digest[p] for p in ds.attrs["granules"].values()})
             stats = {"granules_decoded": len(todo), "tiles_kept": sum(bool(t["keep"]) for t in plan.values()),
                      "tiles_extended": sum(bool(t["layers"]) for t in plan.values())}
             if tiffs:

@@ -37,6 +37,7 @@ from advorch import __version__
 
 MANIFEST = "manifest.json"
 FORMAT = "advorch-shards/1"
+HASH = "blake3"  # the key of a source's content hash in the manifest
 
 
 class ShardError(RuntimeError):
@@ -49,30 +50,35 @@ def _fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
 
 
 def file_fingerprint(path: str, known: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Path, size, mtime and sha256 of a source file.
+    """Path, size, mtime and BLAKE3 content hash of a source file.
 
-    The hash is reused from `known` (the manifest's record) when size and mtime are
-    unchanged, so a scheduled re-run over many large sources does not re-read them.
+    BLAKE3, not sha256: as collision-resistant, and ≈ 6 GB/s on one core here against
+    sha256's 1.8 GB/s (with SHA-NI), which made hashing the MODIS granules cost as much as
+    decoding them. The hash is reused from `known` (the manifest's record) when size and mtime
+    are unchanged, so a scheduled re-run over many large sources does not re-read them; a
+    record from before BLAKE3 (a "sha256" key) is hashed anew, and its dataset rebuilt once.
     """
+    from blake3 import blake3
+
     fs, p = _fs(path)
     info = fs.info(p)
     size = int(info["size"])
     mtime = float(info.get("mtime") or info.get("LastModified", 0) or 0)
     if hasattr(mtime, "timestamp"):
         mtime = mtime.timestamp()
-    if known and known.get("size") == size and known.get("mtime") == mtime:
-        digest = known["sha256"]
+    if known and known.get("size") == size and known.get("mtime") == mtime and known.get(HASH):
+        digest = known[HASH]
     else:
         with fs.open(p, "rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()  # one reused buffer
-    return {"path": str(path), "size": size, "mtime": mtime, "sha256": digest}
+            digest = hashlib.file_digest(f, blake3).hexdigest()  # one reused buffer
+    return {"path": str(path), "size": size, "mtime": mtime, HASH: digest}
 
 
 def fingerprints(paths: list[str], manifest: dict[str, Any] | None) -> list[dict[str, Any]]:
     """`file_fingerprint` of every path, reusing the hashes the previous manifest holds.
 
-    On a thread per CPU: reads and sha256 release the GIL, and hashing many small sources
-    (MODIS granules) costs more than decoding their pixels.
+    On a thread per CPU: reads and BLAKE3 release the GIL, and many small sources (MODIS
+    granules) hold more bytes than the pixels decoded from them.
     """
     known = {s["path"]: s for s in (manifest or {}).get("sources", [])}
     if len(paths) < 2:
@@ -99,8 +105,8 @@ def sources_unchanged(manifest: dict[str, Any] | None, sources: list[dict[str, A
     """True when the manifest already holds exactly these sources built with these params."""
     if manifest is None or manifest.get("params") != params:
         return False
-    held = {s["path"]: s["sha256"] for s in manifest.get("sources", [])}
-    return held == {s["path"]: s["sha256"] for s in sources}
+    held = {s["path"]: s.get(HASH) for s in manifest.get("sources", [])}
+    return held == {s["path"]: s[HASH] for s in sources}
 
 
 @dataclass

@@ -146,7 +146,7 @@ def _dataset(root: Path) -> dict:
     content = {split: sorted(str(r) for p in s["parts"] for r in pq.read_table(root / p["path"]).to_pylist())
                for split, s in m["splits"].items()}
     return {"rows": m["rows"], "splits": {k: (v["rows"], v["classes"]) for k, v in m["splits"].items()},
-            "classes": m["classes"], "sources": [s["sha256"] for s in m["sources"]],
+            "classes": m["classes"], "sources": [s["blake3"] for s in m["sources"]],
             "quarantine": m["quarantine"]["by_reason"], "params": m["params"], "content": content}
 
 

@@ -7,7 +7,6 @@ are not data. The pipeline over the real MR corpus is tested in test_text.py.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from blake3 import blake3
 
 from advorch import __version__
 from advorch.pipelines.shards import (
@@ -60,7 +60,7 @@ def _build(root: Path, tag: str, sizes: dict[str, list[int]], side: bytes | None
     if not commit:
         return writer, None
     manifest = writer.commit(splits=splits, schema=SCHEMA,
-                             sources=[{"path": "gen.txt", "size": 1, "mtime": 0.0, "sha256": tag}],
+                             sources=[{"path": "gen.txt", "size": 1, "mtime": 0.0, "blake3": tag}],
                              quarantine=quarantine, params={"tag": tag}, classes=["a"],
                              shapes={"x": []}, extra={"note": tag})
     return writer, manifest
@@ -93,7 +93,7 @@ def test_commit_writes_the_manifest(tmp_path: Path) -> None:
     assert {k: v["rows"] for k, v in manifest["splits"].items()} == {"train": 5, "test": 4}
     assert [p["rows"] for p in manifest["splits"]["train"]["parts"]] == [3, 2]
     assert manifest["splits"]["train"]["classes"] == {"a": 5}
-    assert manifest["sources"] == [{"path": "gen.txt", "size": 1, "mtime": 0.0, "sha256": "one"}]
+    assert manifest["sources"] == [{"path": "gen.txt", "size": 1, "mtime": 0.0, "blake3": "one"}]
     assert manifest["params"] == {"tag": "one"} and manifest["note"] == "one"
     assert manifest["quarantine"]["count"] == 2
     assert manifest["quarantine"]["by_reason"] == {"empty line": 2}
@@ -196,19 +196,19 @@ def test_file_fingerprint(tmp_path: Path) -> None:
     fp = file_fingerprint(str(path))
     st = path.stat()
     assert fp == {"path": str(path), "size": 12, "mtime": st.st_mtime,
-                  "sha256": hashlib.sha256(b"hello\nworld\n").hexdigest()}
+                  "blake3": blake3(b"hello\nworld\n").hexdigest()}
 
     # unchanged size and mtime: the known hash is reused, the file is not read again
-    known = {**fp, "sha256": "known-hash"}
-    assert file_fingerprint(str(path), known)["sha256"] == "known-hash"
+    known = {**fp, "blake3": "known-hash"}
+    assert file_fingerprint(str(path), known)["blake3"] == "known-hash"
     # a manifest record that survived a JSON round trip still matches
-    assert file_fingerprint(str(path), json.loads(json.dumps(known)))["sha256"] == "known-hash"
+    assert file_fingerprint(str(path), json.loads(json.dumps(known)))["blake3"] == "known-hash"
 
     # same size, other mtime: recomputed
     path.write_bytes(b"HELLO\nworld\n")
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
     again = file_fingerprint(str(path), known)
-    assert again["sha256"] == hashlib.sha256(b"HELLO\nworld\n").hexdigest()
+    assert again["blake3"] == blake3(b"HELLO\nworld\n").hexdigest()
     assert again["mtime"] != fp["mtime"]
 
     # other size, same mtime: recomputed
@@ -217,12 +217,17 @@ def test_file_fingerprint(tmp_path: Path) -> None:
     assert path.stat().st_mtime == fp["mtime"]
     third = file_fingerprint(str(path), known)
     assert third["size"] == 6
-    assert third["sha256"] == hashlib.sha256(b"hello\n").hexdigest()
+    assert third["blake3"] == blake3(b"hello\n").hexdigest()
+
+    # a record from a manifest written before BLAKE3 (sha256) is hashed anew, not trusted
+    old = {k: v for k, v in third.items() if k != "blake3"} | {"sha256": "an old sha256"}
+    assert file_fingerprint(str(path), old) == third
+    assert not sources_unchanged({"sources": [old], "params": {}}, [third], {})
 
 
 def test_sources_unchanged() -> None:
-    a = {"path": "a.txt", "size": 1, "mtime": 1.0, "sha256": "aa"}
-    b = {"path": "b.txt", "size": 2, "mtime": 2.0, "sha256": "bb"}
+    a = {"path": "a.txt", "size": 1, "mtime": 1.0, "blake3": "aa"}
+    b = {"path": "b.txt", "size": 2, "mtime": 2.0, "blake3": "bb"}
     manifest = {"sources": [{**a, "rows": 3}, b], "params": {"min_count": 1, "labels": {"a.txt": "x"}}}
     params = {"min_count": 1, "labels": {"a.txt": "x"}}
     assert sources_unchanged(manifest, [a, b], params)
@@ -231,7 +236,7 @@ def test_sources_unchanged() -> None:
     assert not sources_unchanged(None, [a, b], params)
     assert not sources_unchanged(manifest, [a, b], {**params, "min_count": 2})
     assert not sources_unchanged(manifest, [a, b], {**params, "labels": {"a.txt": "y"}})
-    assert not sources_unchanged(manifest, [a, {**b, "sha256": "changed"}], params)
+    assert not sources_unchanged(manifest, [a, {**b, "blake3": "changed"}], params)
     assert not sources_unchanged(manifest, [a], params)
     assert not sources_unchanged(manifest, [a, b, {**b, "path": "c.txt"}], params)
     # size or mtime changes alone do not matter: the content hash decides

@@ -10,7 +10,6 @@ a copy of those shards (derived data in tmp, never the raw corpus).
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from blake3 import blake3
 
 from advorch.pipelines.history import HISTORY, HOLDER, LOCK
 from advorch.pipelines.shards import MANIFEST, listed_files, read_manifest, read_side_file, read_split
@@ -136,7 +136,7 @@ def test_manifest_of_real_mr(mr_shards: Path) -> None:
         st = os.stat(s["path"])
         assert s["size"] == st.st_size
         assert s["mtime"] == st.st_mtime
-        assert s["sha256"] == hashlib.sha256(Path(s["path"]).read_bytes()).hexdigest()
+        assert s["blake3"] == blake3(Path(s["path"]).read_bytes()).hexdigest()
         assert s["rows"] == LINES_PER_CLASS and s["quarantined"] == 0
 
     # MR has no bad line

@@ -39,7 +39,8 @@ def test_bidirectional_states_see_the_whole_sequence():
     """Step 0's state depends on the last token only when the LSTM also reads backwards."""
     torch.manual_seed(0)
     for bidirectional, width in ((False, 8), (True, 16)):
-        model = build_model(ModelConfig(hidden_dim=8, embedding_dim=6, bidirectional=bidirectional), 20, 2).eval()
+        cfg = ModelConfig(hidden_dim=8, embedding_dim=6, bidirectional=bidirectional)
+        model = build_model(cfg, 20, 2).eval()
         x, y = _batch([[3, 4, 5, 6]]), _batch([[3, 4, 5, 9]])
         hx, hy = (model(model.embed(b), b).hidden for b in (x, y))
         assert hx.shape == (1, 4, width)
