@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -337,7 +338,7 @@ def write_zarr(ds, uri: str) -> None:
     ds.to_zarr(uri, mode="w", consolidated=False, encoding=encoding)
 
 
-def plan_tiles(granules: list[str], sources: list[dict[str, Any]],
+def plan_tiles(granules: list[str], sources: list[dict[str, Any]] | None,
                previous: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     """Per tile (from the file names): which granules to decode, and whether the previous cube is
     kept as it is ("keep": its side path) or extended ("layers": its side path).
@@ -345,7 +346,7 @@ def plan_tiles(granules: list[str], sources: list[dict[str, Any]],
     A tile whose granules are exactly the ones its cube was built from is kept; one that only
     gained granules (new dates, or files quarantined before) is extended: its old granules are
     not decoded again; any other change rebuilds it."""
-    digest = {s["path"]: s[HASH] for s in sources}
+    digest = {s["path"]: s[HASH] for s in sources or []}  # None: no previous build to compare
     tiles: dict[str, list[str]] = {}
     for path in granules:
         try:
@@ -356,7 +357,7 @@ def plan_tiles(granules: list[str], sources: list[dict[str, Any]],
     for tile, paths in tiles.items():
         before = (previous or {}).get("cubes", {}).get(tile, {}).get("granules", {})
         side = (previous or {}).get("side_files", {}).get(f"cube-{tile}.zarr")
-        same = {p for p in paths if before.get(p) == digest[p]}
+        same = {p for p in paths if p in digest and before.get(p) == digest[p]}
         if side and same == set(paths) == set(before):
             plan[tile] = {"decode": [], "keep": side, "layers": None}
         elif side and same == set(before):
@@ -372,11 +373,11 @@ def open_zarr(uri: str):
     return xr.open_zarr(uri, consolidated=False)
 
 
-def describe(ds, sources: dict[str, str] | None = None) -> dict[str, Any]:
-    """A cube's manifest entry: sizes, dates, CRS, transform, and the granules (path → hash)
-    it was built from."""
+def describe(ds, granules: list[str] | None = None) -> dict[str, Any]:
+    """A cube's manifest entry: sizes, dates, CRS, transform, and the granules it was built from
+    (`run` maps each to its hash once the background hashing is done)."""
     return {"dims": dict(ds.sizes), "dates": [str(d)[:10] for d in ds.time.values],
-            "crs": ds.attrs["crs"], "transform": ds.attrs["transform"], "granules": sources or {}}
+            "crs": ds.attrs["crs"], "transform": ds.attrs["transform"], "granules": granules or []}
 
 
 def _params(cfg: DataConfig) -> dict[str, Any]:
@@ -404,21 +405,26 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
     sample_files = [m.samples.path] if m.samples else []
     sample_files += [m.labels.path] if m.labels else []
     previous = read_manifest(output)
-    sources = fingerprints(granules + tiffs + sample_files, previous)
     params = _params(cfg)
-    if sources_unchanged(previous, sources, params):
+    reusable = previous if previous and previous.get("params") == params else None
+    # The sources' hashes are needed up front only when a build with these params may be reused;
+    # otherwise they are computed while the granules are decoded (BLAKE3 on mapped files runs
+    # without the GIL: the hashing hides behind decoding on another core) and joined before the
+    # manifest is written.
+    hashing = ThreadPoolExecutor(1)
+    pending = hashing.submit(fingerprints, granules + tiffs + sample_files, previous)
+    hashing.shutdown(wait=False)
+    if reusable and sources_unchanged(previous, pending.result(), params):
         return Summary.of(output, previous, up_to_date=True)
 
     from advorch.pipelines.samples import concat, read_samples, write_sequences
 
     quarantine = Quarantine()
-    digest = {src["path"]: src[HASH] for src in sources}
     writer = DatasetWriter(output, kind="modis")
     cubes: dict[str, dict[str, Any]] = {}
     series = []
     try:
-        plan = plan_tiles(granules, sources, previous if previous and previous.get("params") == params
-                          else None)
+        plan = plan_tiles(granules, pending.result() if reusable else None, reusable)
         # a local cluster of one thread: a granule's arrays then need no copy back to the driver,
         # and pyhdf holds the GIL throughout (its wrappers never release it): more threads
         # only take turns at it, and measured slower
@@ -445,7 +451,7 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
                 record_holes(ds, quarantine)
                 if m.labels:
                     series.append(pixel_series(ds, m.labels, quarantine))
-                cubes[tile] = describe(ds, {p: digest[p] for p in ds.attrs["granules"].values()})
+                cubes[tile] = describe(ds, list(ds.attrs["granules"].values()))
             stats = {"granules_decoded": len(todo), "tiles_kept": sum(bool(t["keep"]) for t in plan.values()),
                      "tiles_extended": sum(bool(t["layers"]) for t in plan.values())}
             if tiffs:
@@ -457,6 +463,10 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
             raise PipelineError(f"no granule or GeoTIFF was usable: {quarantine.by_reason()}")
         if m.samples:
             series.append(read_samples(cfg, quarantine))
+        sources = pending.result()
+        digest = {src["path"]: src[HASH] for src in sources}
+        for cube in cubes.values():
+            cube["granules"] = {p: digest[p] for p in cube["granules"]}
         splits, schema, classes, shapes, extra = ({}, pa.schema([]), [], {}, {}) if not series else \
             write_sequences(concat(series), cfg, writer, quarantine, "data.modis")
         manifest = writer.commit(splits=splits, schema=schema, sources=sources,
