@@ -6,8 +6,9 @@ dates. Bare decoding: pyhdf opens each file and reads its 7 reflectance bands an
 state layer, one file after another. Pipeline: one whole `advorch.pipelines.modis.run`
 (BLAKE3 of every file on a thread beside the decoding, a Dask LocalCluster of threads
 reading the granules in batches, scaling, fill and QA masks, stacking on the calendar, gap
-fill, NDVI, Zarr write, manifest). Both in the same run, alternating, MB of HDF per second. Then the pipeline's
-stages one by one on the larger input, in ms per granule: where the time goes.
+fill, NDVI, Zarr write, manifest). Both in the same run, alternating, MB of HDF per second.
+Then the pipeline's stages one by one on the larger input, in ms per granule: where the time
+goes.
 
     .venv/bin/python benchmarks/modis_throughput.py --granules 46 --repeats 3
 """

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import rasterio
+from blake3 import blake3
 
 from advorch.config import load_config
 from advorch.pipelines import modis
@@ -128,6 +129,25 @@ def test_gap_fill_is_per_series_linear_interpolation() -> None:
         np.testing.assert_allclose(out, np.interp(t, t[ok], series[ok]), rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(modis.gap_fill(np.moveaxis(values, 0, 2), axis=2),
                                   np.moveaxis(filled, 0, 2))
+
+
+def test_gap_fill_in_blocks_matches_one_pass(monkeypatch) -> None:
+    """Series are filled a block at a time (bounded temporaries): 5 blocks of 256, one of them
+    with nothing missing (skipped), give exactly the one-block result; the input is untouched."""
+    rng = np.random.default_rng(1)
+    values = rng.uniform(0, 1, (30, 3, 20, 20)).astype(np.float32)  # 1,200 series
+    values[rng.random(values.shape) < 0.3] = np.nan
+    flat = values.reshape(30, -1)
+    flat[:, 256:512] = rng.uniform(0, 1, (30, 256))  # the second block: nothing to fill
+    flat[:, 700] = np.nan  # never observed
+    before = values.copy()
+    whole = modis.gap_fill(values)
+    monkeypatch.setattr(modis, "FILL_BLOCK_BYTES", 1)  # → the 256-series floor per block
+    blocked = modis.gap_fill(values)
+    np.testing.assert_array_equal(blocked, whole)
+    np.testing.assert_array_equal(values, before)
+    assert np.isnan(blocked.reshape(30, -1)[:, 700]).all()
+    assert not np.isnan(np.delete(blocked.reshape(30, -1), 700, axis=1)).any()
 
 
 # ---------------------------------------------------------------- the real GeoTIFF stack
@@ -349,6 +369,9 @@ def test_new_dates_and_tiles_extend_without_decoding_old_granules(tmp_path: Path
     cfg.data.modis.samples = None
     first = modis.run(cfg.data, dask_address=dask_address)
     assert first.manifest["incremental"]["granules_decoded"] == 3
+    held = first.manifest["cubes"]["h18v04"]["granules"]  # hashed beside the decoding, then joined
+    assert len(held) == 3 and held == {p: blake3(Path(p).read_bytes()).hexdigest() for p in held}
+    assert held == {s["path"]: s["blake3"] for s in first.manifest["sources"]}
     old = open_cube(tmp_path / "out", "h18v04").load()
     old_side = first.manifest["side_files"]["cube-h18v04.zarr"]
 
