@@ -21,7 +21,7 @@ change of parameters rebuilds everything.
 Quarantined, with the file and the reason: unreadable or truncated HDF, a granule whose
 grid differs from its tile's, a missing band, a duplicate date; recorded as gaps: a
 composite missing from a tile's time series (the cube holds it as all-NaN, then filled);
-and pixels with no valid observation at all (left NaN in `filled`).
+and pixels with no valid observation at all (left NaN in `filled`; one record per image row).
 """
 
 from __future__ import annotations
@@ -220,11 +220,20 @@ def record_holes(ds, quarantine: Quarantine) -> None:
         if str(d) not in have:
             quarantine.add(tile, f"date gap: no composite for {d} (day {d.timetuple().tm_yday}); "
                                  "held as missing and gap-filled")
+    # one record per image row, its pixels as runs of columns: a tile with sea or a lasting
+    # cloud has millions of such pixels, which one record each would turn into a quarantine
+    # file larger than the cube (the cube's `valid` holds the per-pixel mask as well)
     never = ~ds["valid"].values.any(0)
-    x, y = ds.x.values, ds.y.values
-    for r, c in zip(*np.nonzero(never), strict=True):
-        quarantine.add(tile, f"no valid observation: pixel row {r} col {c} is fill, cloud or shadow "
-                             "on every date", raw={"x": float(x[c]), "y": float(y[r])})
+    y = ds.y.values
+    for r in np.flatnonzero(never.any(1)):
+        cols = np.flatnonzero(never[r])
+        ends = np.flatnonzero(np.diff(cols) > 1)
+        runs = np.stack([cols[np.r_[0, ends + 1]], cols[np.r_[ends, len(cols) - 1]]], axis=1).tolist()
+        shown = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs[:8])
+        shown += " …" if len(runs) > 8 else ""
+        quarantine.add(tile, f"no valid observation: row {r}, {len(cols)} pixel(s) at col {shown}: fill, "
+                             "cloud or shadow on every date; left NaN",
+                       raw={"row": int(r), "y": float(y[r]), "pixels": len(cols), "col_runs": runs})
 
 
 def cube_layers(uri: str) -> list[dict[str, Any]]:

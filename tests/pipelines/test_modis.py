@@ -131,6 +131,32 @@ def test_gap_fill_is_per_series_linear_interpolation() -> None:
                                   np.moveaxis(filled, 0, 2))
 
 
+def test_never_observed_pixels_are_one_record_per_row_as_column_runs() -> None:
+    """A generated validity mask (the real granule has one such pixel): row 1 holds runs 0-2, 5 and
+    9-29 (every other column), row 3 nothing; every never-valid pixel is in exactly one run."""
+    import xarray as xr
+
+    from advorch.pipelines.shards import Quarantine
+
+    valid = np.ones((2, 4, 30), bool)
+    valid[:, 1, [0, 1, 2, 5, *range(9, 30, 2)]] = False
+    valid[0, 2, 4] = False  # invalid on one date only: not a hole
+    ds = xr.Dataset({"valid": (("time", "y", "x"), valid)},
+                    coords={"time": np.array(["2017-01-01", "2017-01-09"], dtype="datetime64[ns]"),
+                            "y": np.arange(4.0), "x": np.arange(30.0)},
+                    attrs={"tile": "h18v04", "granules": {"2017-01-01": "a", "2017-01-09": "b"}})
+    q = Quarantine()
+    modis.record_holes(ds, q)
+    assert len(q) == 1
+    rec = q.records[0]
+    runs = [[0, 2], [5, 5], *[[c, c] for c in range(9, 30, 2)]]
+    assert rec["raw"] == {"row": 1, "y": 1.0, "pixels": 15, "col_runs": runs}
+    assert rec["reason"].startswith("no valid observation: row 1, 15 pixel(s) at col 0-2, 5, 9, 11, 13, 15, "
+                                    "17, 19 …: ")
+    covered = {c for a, b in rec["raw"]["col_runs"] for c in range(a, b + 1)}
+    assert covered == set(np.flatnonzero(~valid.any(0)[1]))
+
+
 def test_gap_fill_in_blocks_matches_one_pass(monkeypatch) -> None:
     """Series are filled a block at a time (bounded temporaries): 5 blocks of 256, one of them
     with nothing missing (skipped), give exactly the one-block result; the input is untouched."""
@@ -246,8 +272,9 @@ def test_bad_granules_are_quarantined_and_the_run_goes_on(tmp_path: Path, real, 
     assert [r["reason"].split(":")[1].split("(")[0].strip() for r in gap] == ["no composite for 2017-07-28"]
     pixel = [r for r in records if r["reason"].startswith("no valid observation")]
     assert [r["reason"] for r in pixel] == [
-        "no valid observation: pixel row 5 col 7 is fill, cloud or shadow on every date"]
+        "no valid observation: row 5, 1 pixel(s) at col 7: fill, cloud or shadow on every date; left NaN"]
     cube = open_cube(tmp_path / "out", "h18v04")
+    assert pixel[0]["raw"] == {"row": 5, "y": float(cube.y[5]), "pixels": 1, "col_runs": [[7, 7]]}
     assert [str(t)[:10] for t in cube.time.values] == ["2017-07-12", "2017-07-20", "2017-07-28", "2017-08-05"]
     filled, refl = cube["filled"].values, cube["reflectance"].values
     assert np.isnan(refl[2]).all()  # the missing composite …
