@@ -9,8 +9,9 @@
 
 Gap filling: a masked observation (fill, cloud or shadow) is replaced by linear
 interpolation in time between the pixel's nearest valid observations, and by the nearest
-valid one before the first / after the last. The cube keeps both `reflectance` (masked,
-NaN where not valid) and `filled`; `valid` says which is which.
+valid one before the first / after the last. The cube holds `filled` and `valid` (which
+values were observed): the masked observations are `filled.where(valid)`, exactly, so they
+are not stored a second time (a tile-year of 2400 x 2400 pixels: 7.4 GB of float32 each).
 
 Incremental: the manifest records, per tile, the granules (path, BLAKE3 hash) its cube holds. A
 re-run keeps a tile's cube as it is when its granules are unchanged, and extends it when
@@ -85,44 +86,58 @@ def composite_dates(first: _dt.date, last: _dt.date, days: int) -> list[_dt.date
     return out
 
 
-def gap_fill(values: np.ndarray, axis: int = 0) -> np.ndarray:
+def gap_fill(values: np.ndarray, axis: int = 0, copy: bool = True) -> np.ndarray:
     """Linear interpolation of NaNs along `axis` (time), nearest valid value at the ends;
     all-NaN series stay NaN. Vectorised over every other axis, a block of series at a time:
     the index temporaries stay ≈ 4 MB whatever the cube's size (a whole tile-year at once
-    would need two int32 copies of it), and are reused from block to block."""
+    would need two int32 copies of it), and are reused from block to block. Only the series
+    with both a gap and a valid value are worked on: clear-sky and never-observed ones (sea,
+    fill) need nothing. `copy=False` fills `values` itself when its layout allows (no
+    cube-sized copy); use the returned array either way."""
     v = np.moveaxis(values, axis, 0)
     t, rest = v.shape[0], v.shape[1:]
     out = v.reshape(t, -1)
-    out = out.copy() if np.may_share_memory(out, values) else out  # the result, filled in place
+    out = out.copy() if copy and np.may_share_memory(out, values) else out  # filled in place
     width = min(out.shape[1], max(256, FILL_BLOCK_BYTES // (4 * t)))
     prev, nxt = np.empty((t, width), np.int32), np.empty((t, width), np.int32)
     ok, last = np.empty((t, width), bool), np.empty(width, np.int32)
     for c0 in range(0, out.shape[1], width):
         block = out[:, c0:c0 + width]  # a view into the result
-        w = block.shape[1]
-        okb = np.isnan(block, out=ok[:, :w])
+        okb = np.isnan(block, out=ok[:, :block.shape[1]])
         np.logical_not(okb, out=okb)
-        if okb.all():
-            continue
-        # index of the previous / next valid step for every step (or -1 / t when none), one time
-        # step at a time over whole rows: ≈ 2x faster than ufunc.accumulate along the first axis
-        p, n, lw = prev[:, :w], nxt[:, :w], last[:w]
-        lw.fill(-1)
-        for k in range(t):
-            np.copyto(lw, k, where=okb[k])
-            p[k] = lw
-        lw.fill(t)
-        for k in range(t - 1, -1, -1):
-            np.copyto(lw, k, where=okb[k])
-            n[k] = lw
-        # interpolate at the missing steps only (a few % of a cube), in float64 as one expression
-        rows, cols = np.nonzero(~okb)
-        pk, nk = p[rows, cols], n[rows, cols]
-        has_p, has_n = pk >= 0, nk < t
-        pv, nv = block[np.maximum(pk, 0), cols], block[np.minimum(nk, t - 1), cols]
-        frac = (rows - pk) / np.maximum(nk - pk, 1)
-        block[rows, cols] = np.where(has_p & has_n, pv + frac * (nv - pv), np.where(has_p, pv, nv))
+        todo = np.flatnonzero(okb.any(0) & ~okb.all(0))
+        if len(todo) == block.shape[1]:
+            _fill_series(block, okb, prev, nxt, last)
+        elif len(todo):
+            part = block[:, todo]
+            _fill_series(part, okb[:, todo], prev, nxt, last)
+            block[:, todo] = part
     return np.moveaxis(out.reshape(t, *rest), 0, axis)
+
+
+def _fill_series(block: np.ndarray, ok: np.ndarray, prev: np.ndarray, nxt: np.ndarray,
+                 last: np.ndarray) -> None:
+    """`gap_fill` of the (time, series) `block` in place, `ok` its valid values; prev / nxt /
+    last are scratch buffers at least as wide."""
+    t, w = block.shape
+    # index of the previous / next valid step for every step (or -1 / t when none), one time
+    # step at a time over whole rows: ≈ 2x faster than ufunc.accumulate along the first axis
+    p, n, lw = prev[:, :w], nxt[:, :w], last[:w]
+    lw.fill(-1)
+    for k in range(t):
+        np.copyto(lw, k, where=ok[k])
+        p[k] = lw
+    lw.fill(t)
+    for k in range(t - 1, -1, -1):
+        np.copyto(lw, k, where=ok[k])
+        n[k] = lw
+    # interpolate at the missing steps only, in float64 as one expression
+    rows, cols = np.nonzero(~ok)
+    pk, nk = p[rows, cols], n[rows, cols]
+    has_p, has_n = pk >= 0, nk < t
+    pv, nv = block[np.maximum(pk, 0), cols], block[np.minimum(nk, t - 1), cols]
+    frac = (rows - pk) / np.maximum(nk - pk, 1)
+    block[rows, cols] = np.where(has_p & has_n, pv + frac * (nv - pv), np.where(has_p, pv, nv))
 
 
 def tile_cube(granules: list[dict[str, Any]], cfg: ModisConfig, quarantine: Quarantine):
@@ -158,11 +173,11 @@ def tile_cube(granules: list[dict[str, Any]], cfg: ModisConfig, quarantine: Quar
     if cfg.mask_clouds:
         valid &= ~(flags["cloud"] | flags["shadow"])
     np.copyto(masked, np.nan, where=~valid[:, None])
-    filled = gap_fill(masked)
+    filled = gap_fill(masked, copy=False)  # `masked` is not kept: filled.where(valid) gives it
     x, y = grid.coords()
     cube = ("time", "band", "y", "x")
     ds = xr.Dataset(
-        {"reflectance": (cube, masked), "filled": (cube, filled), "valid": (("time", "y", "x"), valid),
+        {"filled": (cube, filled), "valid": (("time", "y", "x"), valid),
          **{k: (("time", "y", "x"), v) for k, v in flags.items()}},
         coords={"time": np.array(dates, dtype="datetime64[ns]"), "band": np.array(cfg.bands, dtype=object),
                 "y": y, "x": x},
@@ -248,7 +263,7 @@ def cube_layers(uri: str) -> list[dict[str, Any]]:
     for date, path in a["granules"].items():
         k = times.index(date)
         layers.append({"path": path, "date": _dt.date.fromisoformat(date), "tile": a["tile"], "grid": grid,
-                       "reflectance": ds["reflectance"].values[k],
+                       "reflectance": ds["filled"][k].where(ds["valid"][k]).values,
                        **{f: ds[f].values[k] for f in ("fill", "cloud", "shadow")}})
     return layers
 

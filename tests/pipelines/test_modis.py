@@ -91,10 +91,12 @@ def test_granule_cube_in_zarr_keeps_the_grid(built: Path) -> None:
     assert list(cube.band.values) == [f"sur_refl_b0{i}" for i in range(1, 8)]
     assert "+proj=sinu" in cube.attrs["crs"]
     g = read_hdf_granule(str(GRANULE))
-    refl = cube["reflectance"].values[0]
+    refl = cube["filled"].where(cube["valid"]).values[0]  # the masked observations
     valid = ~g["fill"] & ~g["cloud"] & ~g["shadow"]
-    np.testing.assert_array_equal(np.isnan(refl).any(0), ~valid)  # fill, cloud and shadow masked
+    np.testing.assert_array_equal(cube["valid"].values[0], valid)  # fill, cloud and shadow masked
+    np.testing.assert_array_equal(np.isnan(refl).any(0), ~valid)
     np.testing.assert_allclose(refl[:, valid], g["reflectance"][:, valid])
+    assert "reflectance" not in cube  # not stored twice: filled.where(valid) is exactly it
 
 
 def test_struct_metadata_read_in_one_go_is_pyhdfs_text(real) -> None:
@@ -276,7 +278,7 @@ def test_bad_granules_are_quarantined_and_the_run_goes_on(tmp_path: Path, real, 
     cube = open_cube(tmp_path / "out", "h18v04")
     assert pixel[0]["raw"] == {"row": 5, "y": float(cube.y[5]), "pixels": 1, "col_runs": [[7, 7]]}
     assert [str(t)[:10] for t in cube.time.values] == ["2017-07-12", "2017-07-20", "2017-07-28", "2017-08-05"]
-    filled, refl = cube["filled"].values, cube["reflectance"].values
+    filled, refl = cube["filled"].values, cube["filled"].where(cube["valid"]).values
     assert np.isnan(refl[2]).all()  # the missing composite …
     np.testing.assert_allclose(filled[2], (filled[1] + filled[3]) / 2, rtol=1e-5)  # … gap-filled linearly
     assert np.isnan(filled[:, :, 5, 7]).all()  # a pixel never observed stays NaN
@@ -410,7 +412,8 @@ def test_new_dates_and_tiles_extend_without_decoding_old_granules(tmp_path: Path
     assert [str(t)[:10] for t in cube.time.values] == ["2017-07-12", "2017-07-20", "2017-07-28",
                                                      "2017-08-05", "2017-08-13"]
     for k in (0, 1, 3):  # the old dates hold the same values, read back from the old cube
-        np.testing.assert_array_equal(cube["reflectance"].values[k], old["reflectance"].values[k])
+        np.testing.assert_array_equal(cube["filled"].where(cube["valid"]).values[k],
+                                      old["filled"].where(old["valid"]).values[k])
     gaps = [r for r in quarantine(tmp_path / "out") if r["reason"].startswith("date gap")]
     assert len(gaps) == 1 and "2017-07-28" in gaps[0]["reason"]  # still recorded
 
