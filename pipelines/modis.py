@@ -40,7 +40,14 @@ from advorch import __version__
 from advorch.config import DataConfig, LabelRaster, ModisConfig
 from advorch.pipelines.common import PipelineError, Summary
 from advorch.pipelines.events import expand
-from advorch.pipelines.rasters import Grid, RasterError, granule_date, read_geotiff, read_hdf_granule
+from advorch.pipelines.rasters import (
+    Grid,
+    RasterError,
+    granule_date,
+    read_geotiff,
+    read_hdf_granule,
+    scale_into,
+)
 from advorch.pipelines.shards import (
     HASH,
     DatasetWriter,
@@ -57,7 +64,7 @@ FILL_BLOCK_BYTES = 4 << 20  # gap filling's index temporaries, per block of seri
 
 def _read_granule(path: str, bands: list[str], state: str) -> dict[str, Any]:
     try:
-        return {"path": path, **read_hdf_granule(path, bands, state)}
+        return {"path": path, **read_hdf_granule(path, bands, state, scaled=False)}
     except RasterError as e:
         return {"path": path, "error": str(e)}
 
@@ -159,14 +166,21 @@ def tile_cube(granules: list[dict[str, Any]], cfg: ModisConfig, quarantine: Quar
             kept[g["date"]] = g
     dates = composite_dates(min(kept), max(kept), cfg.composite_days)
     tile = granules[0]["tile"]
-    # one array per variable, filled in place: a missing composite stays NaN / all flags set
+    # one array per variable, filled in place: a missing composite is NaN / all flags set
     step = {d: k for k, d in enumerate(dates)}
-    masked = np.full((len(dates), len(cfg.bands), grid.height, grid.width), np.nan, np.float32)
+    masked = np.empty((len(dates), len(cfg.bands), grid.height, grid.width), np.float32)
     flags = {k: np.ones((len(dates), grid.height, grid.width), bool) for k in ("fill", "cloud", "shadow")}
-    for d, g in kept.items():
-        masked[step[d]] = g["reflectance"]
-        for k, v in flags.items():
-            v[step[d]] = g[k]
+    for d, k in step.items():
+        g = kept.get(d)
+        if g is None:
+            masked[k] = np.nan
+            continue
+        if "raw" in g:  # decoded unscaled: scaled straight into the cube
+            scale_into(masked[k], g["raw"], g["scale"], g["offset"])
+        else:  # from a previous cube (an incremental run) or read scaled
+            masked[k] = g["reflectance"]
+        for f, v in flags.items():
+            v[k] = g[f]
     for k in ("cloud", "shadow"):  # a missing composite is fill, not cloud
         flags[k] &= ~flags["fill"]
     valid = ~flags["fill"]

@@ -99,6 +99,25 @@ def test_granule_cube_in_zarr_keeps_the_grid(built: Path) -> None:
     assert "reflectance" not in cube  # not stored twice: filled.where(valid) is exactly it
 
 
+def test_unscaled_read_scales_into_the_same_cube(real) -> None:
+    """The pipeline decodes unscaled (raw int16 + each band's scale/offset) and scales into the
+    cube's own memory: the same cube as from the scaled read, to the bit."""
+    from advorch.pipelines.rasters import scale_into
+    from advorch.pipelines.shards import Quarantine
+
+    g = read_hdf_granule(str(GRANULE))
+    r = read_hdf_granule(str(GRANULE), scaled=False)
+    assert "reflectance" not in r and [a.dtype for a in r["raw"]] == [np.dtype(np.int16)] * 7
+    assert r["scale"] == [1e-4] * 7 and r["offset"] == [0.0] * 7
+    out = np.empty_like(g["reflectance"])
+    scale_into(out, r["raw"], r["scale"], r["offset"])
+    seen = ~np.isnan(g["reflectance"])
+    np.testing.assert_array_equal(out[seen], g["reflectance"][seen])
+    m = load_config(None, ['data.kind="modis"']).data.modis
+    scaled = modis.tile_cube([{"path": str(GRANULE), **g}], m, Quarantine())
+    assert modis.tile_cube([{"path": str(GRANULE), **r}], m, Quarantine()).identical(scaled)
+
+
 def test_struct_metadata_read_in_one_go_is_pyhdfs_text(real) -> None:
     from pyhdf.SD import SD, SDC
 
