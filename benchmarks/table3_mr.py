@@ -75,7 +75,7 @@ def main() -> None:
 
     from advorch.trainers.launch import init_ray, train
 
-    earlier = previous_runs(args.pool_with, args.first_seed)
+    earlier, earlier_command = previous_runs(args.pool_with, args.first_seed)
     rows, lines = [], []
     with tempfile.TemporaryDirectory() as tmp:
         mrdata.prepare(Path(tmp) / "mr")
@@ -98,14 +98,14 @@ def main() -> None:
             rows.append(report.row(key, "train_seconds_mean", sec[0], None, sec[2], "s"))
             lines.append(f"| {label} | {acc[0]:.4f} ± {acc[1]:.4f} | {paper:.4f} | {acc[0] - paper:+.4f} | "
                          f"{acc[2]} |")
-            write(rows, lines, args, earlier)  # after every row: a cut-off run keeps what it measured
+            write(rows, lines, args, earlier, earlier_command)  # a cut-off run keeps what it measured
 
 
-def previous_runs(path: Path | None, first_seed: int) -> dict:
-    """{(row, metric): row dict} of an earlier run whose seeds were 0..first_seed-1, plus the key
-    "command" (its command and date); empty without --pool-with."""
+def previous_runs(path: Path | None, first_seed: int) -> tuple[dict, str]:
+    """({(row, metric): row dict}, its command and date) of an earlier run whose seeds were
+    0..first_seed-1; ({}, "") without --pool-with."""
     if path is None:
-        return {}
+        return {}, ""
     doc = json.loads(path.read_text(encoding="utf-8"))
     if doc.get("benchmark") != "table3_mr":
         raise SystemExit(f"{path}: not a table3_mr result (benchmark = {doc.get('benchmark')!r})")
@@ -114,13 +114,13 @@ def previous_runs(path: Path | None, first_seed: int) -> dict:
         if metric == "test_accuracy_mean" and r["n"] != first_seed:
             raise SystemExit(f"{path}: row {name} has {r['n']} seeds, so the new seeds must start at "
                              f"{r['n']} (--first-seed {r['n']}), not {first_seed}")
-    out["command"] = f"`{doc['command']}` ({doc['date'][:16]}, seeds 0–{first_seed - 1})"
-    return out
+    return out, f"`{doc['command']}` ({doc['date'][:16]}, seeds 0–{first_seed - 1})"
 
 
-def write(rows: list, lines: list[str], args: argparse.Namespace, earlier: dict) -> None:
+def write(rows: list, lines: list[str], args: argparse.Namespace, earlier: dict,
+          earlier_command: str) -> None:
     done = {r["name"] for r in rows}
-    kept = [r for k, r in earlier.items() if k != "command" and r["name"] not in done]
+    kept = [r for r in earlier.values() if r["name"] not in done]
     if kept:  # rows this run did not reach keep the earlier run's figures
         paper = {k: (label, acc) for k, label, acc, _ in ROWS}
         lines = lines + [f"| {paper[r['name']][0]} (earlier run only) | {r['mean']:.4f} ± {r['std']:.4f} | "
@@ -130,7 +130,7 @@ def write(rows: list, lines: list[str], args: argparse.Namespace, earlier: dict)
     notes = "\n".join([
         "| method | advorch (mean ± std) | paper | difference | seeds |", "|---|---|---|---|---|",
         *lines, "",
-        *([f"- Pooled: seeds {args.first_seed}–{last} of this run with {earlier['command']}; mean, sample "
+        *([f"- Pooled: seeds {args.first_seed}–{last} of this run with {earlier_command}; mean, sample "
            "std and n computed exactly from both parts."] if earlier else []),
         "- Settings: " + ", ".join(BASE) + f"; ε: all-step AT {AT_EPS[15:]} (LSTM+AT {LSTM_AT_EPS[15:]}), "
         f"attention-aware {ATT_EPS[15:]}; {args.workers} Ray Train workers; 50/50 split, "

@@ -268,17 +268,18 @@ def record_holes(ds, quarantine: Quarantine) -> None:
 def cube_layers(uri: str) -> list[dict[str, Any]]:
     """The granule layers a previous tile cube holds, as `tile_cube` takes them (masked values,
     flags, grid): an incremental run extends a tile without decoding its old granules again."""
-    ds = open_zarr(uri)
+    ds = open_zarr(uri).load()  # every layer is returned: one read, not one per layer
     a = ds.attrs
     grid = Grid(a["grid"], ds.sizes["x"], ds.sizes["y"], tuple(a["corners"][:2]), tuple(a["corners"][2:]),
                 a["crs"])
     times = [str(t)[:10] for t in ds.time.values]
+    arrays = {"reflectance": ds["filled"].where(ds["valid"]).values,
+              **{f: ds[f].values for f in ("fill", "cloud", "shadow")}}
     layers = []
     for date, path in a["granules"].items():
         k = times.index(date)
         layers.append({"path": path, "date": _dt.date.fromisoformat(date), "tile": a["tile"], "grid": grid,
-                       "reflectance": ds["filled"][k].where(ds["valid"][k]).values,
-                       **{f: ds[f].values[k] for f in ("fill", "cloud", "shadow")}})
+                       **{name: v[k] for name, v in arrays.items()}})
     return layers
 
 
