@@ -117,6 +117,9 @@ class ModisConfig(_Section):
     window: int = Field(4, ge=1, description="composites per step (4 x 8 days = the paper's 32 days)")
     stride: int = Field(1, ge=1, description="composites between steps")
     ndvi: bool = Field(True, description="add NDVI from red and nir as a feature")
+    process_min_mb: float = Field(256.0, ge=0.0,
+                                  description="decode in worker processes (local runs, 2+ cores) from this "
+                                              "many MB of decoded pixels on; below, one thread")
 
 
 class DataConfig(_Section):

@@ -28,9 +28,14 @@ and pixels with no valid observation at all (left NaN in `filled`; one record pe
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import re
+import shutil
+import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -41,11 +46,14 @@ from advorch.config import DataConfig, LabelRaster, ModisConfig
 from advorch.pipelines.common import PipelineError, Summary
 from advorch.pipelines.events import expand
 from advorch.pipelines.rasters import (
+    FLAGS,
     Grid,
     RasterError,
+    SharedStack,
+    decode_granule,
     granule_date,
     read_geotiff,
-    read_hdf_granule,
+    read_hdf_grid,
     scale_into,
 )
 from advorch.pipelines.shards import (
@@ -62,19 +70,12 @@ CHUNK_BYTES = 32 << 20  # Zarr chunks of tens of MB: few files, each big enough 
 FILL_BLOCK_BYTES = 4 << 20  # gap filling's index temporaries, per block of series
 
 
-def _read_granule(path: str, bands: list[str], state: str) -> dict[str, Any]:
-    try:
-        return {"path": path, **read_hdf_granule(path, bands, state, scaled=False)}
-    except RasterError as e:
-        return {"path": path, "error": str(e)}
+def _each(items: list[tuple], fn: Any, **kwargs: Any) -> list[Any]:
+    return [fn(*x, **kwargs) for x in items]
 
 
-def _each(items: list[Any], fn: Any, **kwargs: Any) -> list[Any]:
-    return [fn(x, **kwargs) for x in items]
-
-
-def _map_batched(client: Any, fn: Any, items: list[Any], **kwargs: Any) -> list[Any]:
-    """Futures of `[fn(x, **kwargs) for x in batch]` over batches of `items`: a Dask task costs
+def _map_batched(client: Any, fn: Any, items: list[tuple], **kwargs: Any) -> list[Any]:
+    """Futures of `[fn(*x, **kwargs) for x in batch]` over batches of `items`: a Dask task costs
     ≈ 1-2 ms of scheduling, more than decoding a small granule, so a task reads a batch
     (≈ 4 per worker thread, to balance them; at most 32 items, to bound a result's size)."""
     threads = sum(client.nthreads().values()) or 1
@@ -147,8 +148,13 @@ def _fill_series(block: np.ndarray, ok: np.ndarray, prev: np.ndarray, nxt: np.nd
     block[rows, cols] = np.where(has_p & has_n, pv + frac * (nv - pv), np.where(has_p, pv, nv))
 
 
-def tile_cube(granules: list[dict[str, Any]], cfg: ModisConfig, quarantine: Quarantine):
-    """One tile's granules → xarray Dataset (time, band, y, x); rejects what does not fit."""
+def tile_cube(granules: list[dict[str, Any]], cfg: ModisConfig, quarantine: Quarantine,
+              stack: SharedStack | None = None):
+    """One tile's granules → xarray Dataset (time, band, y, x); rejects what does not fit.
+
+    A granule is its arrays: unscaled ("raw", "scale", "offset"), scaled ("reflectance"), or
+    a "slot" of the tile's `stack` that worker processes decoded into. When the stack holds
+    every date in order, it becomes the cube itself (masked and gap-filled in place)."""
     import xarray as xr
 
     common = Counter(g["grid"].key for g in granules).most_common(1)[0][0]
@@ -166,33 +172,39 @@ def tile_cube(granules: list[dict[str, Any]], cfg: ModisConfig, quarantine: Quar
             kept[g["date"]] = g
     dates = composite_dates(min(kept), max(kept), cfg.composite_days)
     tile = granules[0]["tile"]
-    # one array per variable, filled in place: a missing composite is NaN / all flags set
-    step = {d: k for k, d in enumerate(dates)}
-    masked = np.empty((len(dates), len(cfg.bands), grid.height, grid.width), np.float32)
-    flags = {k: np.ones((len(dates), grid.height, grid.width), bool) for k in ("fill", "cloud", "shadow")}
-    for d, k in step.items():
-        g = kept.get(d)
-        if g is None:
-            masked[k] = np.nan
-            continue
-        if "raw" in g:  # decoded unscaled: scaled straight into the cube
-            scale_into(masked[k], g["raw"], g["scale"], g["offset"])
-        else:  # from a previous cube (an incremental run) or read scaled
-            masked[k] = g["reflectance"]
-        for f, v in flags.items():
-            v[k] = g[f]
+    values, stacked = stack.arrays() if stack else (None, None)
+    if stack and [kept.get(d, {}).get("slot") for d in dates] == list(range(stack.granules)):
+        masked, flags = values, dict(zip(FLAGS, stacked, strict=True))
+    else:  # one array per variable, filled in place: a missing composite is NaN / all flags set
+        masked = np.empty((len(dates), len(cfg.bands), grid.height, grid.width), np.float32)
+        flags = {k: np.ones((len(dates), grid.height, grid.width), bool) for k in FLAGS}
+        for k, d in enumerate(dates):
+            g = kept.get(d)
+            if g is None:
+                masked[k] = np.nan
+                continue
+            if "slot" in g:  # decoded into the stack by a worker process
+                masked[k] = values[g["slot"]]
+                g = {f: stacked[i, g["slot"]] for i, f in enumerate(FLAGS)}
+            elif "raw" in g:  # decoded unscaled: scaled straight into the cube
+                scale_into(masked[k], g["raw"], g["scale"], g["offset"])
+            else:  # from a previous cube (an incremental run) or read scaled
+                masked[k] = g["reflectance"]
+            for f, v in flags.items():
+                v[k] = g[f]
     for k in ("cloud", "shadow"):  # a missing composite is fill, not cloud
         flags[k] &= ~flags["fill"]
     valid = ~flags["fill"]
     if cfg.mask_clouds:
         valid &= ~(flags["cloud"] | flags["shadow"])
     np.copyto(masked, np.nan, where=~valid[:, None])
-    filled = gap_fill(masked, copy=False)  # `masked` is not kept: filled.where(valid) gives it
+    # `masked` is not kept: filled.where(valid) gives it; asarray: a plain view of a stack's map
+    filled = np.asarray(gap_fill(masked, copy=False))
     x, y = grid.coords()
-    cube = ("time", "band", "y", "x")
+    cube, plane = ("time", "band", "y", "x"), ("time", "y", "x")
     ds = xr.Dataset(
-        {"filled": (cube, filled), "valid": (("time", "y", "x"), valid),
-         **{k: (("time", "y", "x"), v) for k, v in flags.items()}},
+        {"filled": (cube, filled), "valid": (plane, valid),
+         **{k: (plane, np.asarray(v)) for k, v in flags.items()}},
         coords={"time": np.array(dates, dtype="datetime64[ns]"), "band": np.array(cfg.bands, dtype=object),
                 "y": y, "x": x},
         attrs={"crs": grid.crs, "transform": list(grid.transform), "tile": tile, "grid": grid.name,
@@ -200,9 +212,18 @@ def tile_cube(granules: list[dict[str, Any]], cfg: ModisConfig, quarantine: Quar
                "granules": {str(d): g["path"] for d, g in kept.items()},
                "gap_fill": "linear in time; nearest valid at the ends"})
     if "sur_refl_b01" in cfg.bands and "sur_refl_b02" in cfg.bands:
-        red, nir = ds["filled"].sel(band="sur_refl_b01"), ds["filled"].sel(band="sur_refl_b02")
-        ds["ndvi"] = ((nir - red) / (nir + red)).astype(np.float32)
+        red, nir = (filled[:, cfg.bands.index(b)] for b in ("sur_refl_b01", "sur_refl_b02"))
+        ds["ndvi"] = (plane, ndvi(red, nir))
     return ds
+
+
+def ndvi(red: np.ndarray, nir: np.ndarray) -> np.ndarray:
+    """(nir − red) / (nir + red), float32, in one result array and one temporary (xarray's
+    arithmetic made three cube-sized ones); the same values as that gave."""
+    out = np.subtract(nir, red, dtype=np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out /= nir + red
+    return out
 
 
 def pixel_series(ds, spec: LabelRaster, quarantine: Quarantine):
@@ -312,7 +333,7 @@ def geotiff_cube(paths: list[str], cfg: ModisConfig, client: Any, quarantine: Qu
             named[p] = name_date(p.rsplit("/", 1)[-1], cfg.name_pattern)
         except RasterError as e:
             quarantine.add(p, str(e))
-    futures = _map_batched(client, _read_tiff, list(named), scale=cfg.scale)
+    futures = _map_batched(client, _read_tiff, [(p,) for p in named], scale=cfg.scale)
     layers = {}
     for fut in track(futures, "reading GeoTIFFs", total=len(futures)):
         for r in fut.result():
@@ -406,6 +427,34 @@ def plan_tiles(granules: list[str], sources: list[dict[str, Any]] | None,
     return plan
 
 
+@contextmanager
+def _shared_stacks(todo: dict[str, list[str]], cfg: ModisConfig,
+                   local: bool) -> Iterator[dict[str, SharedStack]]:
+    """Per tile, a `SharedStack` for worker processes to decode its granules into, when that
+    pays: the workers are on this machine (a local run), it has two cores or more, and the
+    decoded pixels come to `cfg.process_min_mb` at least (below that, starting the processes,
+    ≈ 0.5 s, costs more than the second core saves). Else {}: one thread decodes. The stacks
+    live in a temporary folder in /dev/shm (memory, not disk) while the context lasts."""
+    folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    grids: dict[str, Grid] = {}
+    if local and (os.cpu_count() or 1) > 1:
+        for tile, paths in todo.items():
+            for path in paths if tile else []:  # "": names without a tile, quarantined by the reader
+                try:
+                    grids[tile] = read_hdf_grid(path, cfg.bands[0])
+                    break
+                except RasterError:
+                    continue  # the decoding quarantines it
+    pixels = sum(len(todo[t]) * g.height * g.width for t, g in grids.items())
+    need = pixels * (4 * len(cfg.bands) + len(FLAGS))
+    if not grids or pixels * 2 * (len(cfg.bands) + 1) < cfg.process_min_mb * 1e6 \
+            or shutil.disk_usage(folder or tempfile.gettempdir()).free < need:
+        yield {}
+        return
+    with tempfile.TemporaryDirectory(prefix="advorch-modis-", dir=folder) as tmp:
+        yield {t: SharedStack.create(f"{tmp}/{t}", len(todo[t]), len(cfg.bands), g) for t, g in grids.items()}
+
+
 def open_zarr(uri: str):
     import xarray as xr
 
@@ -420,7 +469,9 @@ def describe(ds, granules: list[str] | None = None) -> dict[str, Any]:
 
 
 def _params(cfg: DataConfig) -> dict[str, Any]:
-    return {"advorch": __version__, **cfg.modis.model_dump(exclude={"granules", "geotiffs"}),
+    # what the cube and shards depend on: not where the sources are nor how they are decoded
+    inputs = {"granules", "geotiffs", "process_min_mb"}
+    return {"advorch": __version__, **cfg.modis.model_dump(exclude=inputs),
             "test_fraction": cfg.test_fraction, "val_fraction": cfg.val_fraction, "seed": cfg.seed,
             "part_rows": cfg.part_rows}
 
@@ -464,13 +515,16 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
     series = []
     try:
         plan = plan_tiles(granules, pending.result() if reusable else None, reusable)
-        # a local cluster of one thread: a granule's arrays then need no copy back to the driver,
-        # and pyhdf holds the GIL throughout (its wrappers never release it): more threads
-        # only take turns at it, and measured slower
-        with dask_client(dask_address, workers=1, processes=False) as client:
+        todo = {tile: t["decode"] for tile, t in plan.items() if t["decode"]}
+        local = not (dask_address or os.environ.get("DASK_SCHEDULER_ADDRESS"))
+        # pyhdf holds the GIL throughout (its wrappers never release it), so threads only take
+        # turns at decoding: a local run with enough pixels decodes in worker processes, into
+        # shared stacks; otherwise one thread in this process (its arrays need no copy back)
+        with _shared_stacks(todo, m, local) as stacks, \
+                dask_client(dask_address, workers=None if stacks else 1, processes=bool(stacks)) as client:
             by_tile: dict[str, list[dict[str, Any]]] = {}
-            todo = [p for t in plan.values() for p in t["decode"]]
-            futures = _map_batched(client, _read_granule, todo, bands=m.bands, state=m.state_layer)
+            items = [(p, stacks.get(tile), k) for tile, paths in todo.items() for k, p in enumerate(paths)]
+            futures = _map_batched(client, decode_granule, items, bands=m.bands, state=m.state_layer)
             for fut in track(futures, "reading granules", total=len(futures)):
                 for g in fut.result():
                     if "error" in g:
@@ -483,7 +537,7 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
                     ds = open_zarr(f"{output}/{t['keep']}")
                 elif by_tile.get(tile) or t["layers"]:
                     old = cube_layers(f"{output}/{t['layers']}") if t["layers"] else []
-                    ds = tile_cube(old + by_tile.get(tile, []), m, quarantine)
+                    ds = tile_cube(old + by_tile.get(tile, []), m, quarantine, stacks.get(tile))
                     write_zarr(ds, writer.side_dir_uri(f"cube-{tile}.zarr"))
                 else:
                     continue
@@ -491,7 +545,8 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
                 if m.labels:
                     series.append(pixel_series(ds, m.labels, quarantine))
                 cubes[tile] = describe(ds, list(ds.attrs["granules"].values()))
-            stats = {"granules_decoded": len(todo), "tiles_kept": sum(bool(t["keep"]) for t in plan.values()),
+            stats = {"granules_decoded": len(items), "decoded_in_processes": bool(stacks),
+                     "tiles_kept": sum(bool(t["keep"]) for t in plan.values()),
                      "tiles_extended": sum(bool(t["layers"]) for t in plan.values())}
             if tiffs:
                 ds = geotiff_cube(tiffs, m, client, quarantine)

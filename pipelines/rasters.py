@@ -27,6 +27,7 @@ import numpy as np
 MODIS_SINUSOIDAL = "+proj=sinu +lon_0=0 +x_0=0 +y_0=0 +R=6371007.181 +units=m +no_defs"
 BANDS_500M = [f"sur_refl_b0{i}" for i in range(1, 8)]
 STATE = "sur_refl_state_500m"
+FLAGS = ("fill", "cloud", "shadow")  # per pixel and date: no data, cloudy, cloud shadow
 GRANULE_RE = re.compile(r"\.A(?P<year>\d{4})(?P<doy>\d{3})\.(?P<tile>h\d{2}v\d{2})\.")
 
 
@@ -173,6 +174,40 @@ def _indices(sd: Any, names: list[str]) -> list[int]:
         raise
 
 
+def _open(path: str) -> Any:
+    from pyhdf.error import HDF4Error
+    from pyhdf.SD import SD, SDC
+
+    try:
+        return SD(path, SDC.READ)
+    except HDF4Error as e:
+        raise RasterError(f"not a readable HDF4 file: {e}; re-download it") from None
+
+
+def _grid(sd: Any, band: str) -> Grid:
+    struct = _text_attr(sd, "StructMetadata.0")
+    if struct is None:
+        raise RasterError("no StructMetadata.0 attribute: not an HDF-EOS grid file")
+    return parse_struct_metadata(struct, band)
+
+
+def read_hdf_grid(path: str, band: str) -> Grid:
+    """The grid of `band` in a granule, from its metadata alone (no pixels read; ≈ 1 ms).
+
+    Raises:
+        RasterError: not a readable HDF4 file, or no usable grid.
+    """
+    from pyhdf.error import HDF4Error
+
+    sd = _open(path)
+    try:
+        return _grid(sd, band)
+    except HDF4Error as e:
+        raise RasterError(f"HDF4 read failed: {e}; truncated or corrupt, re-download it") from None
+    finally:
+        sd.end()
+
+
 def read_hdf_granule(path: str, bands: list[str] | None = None, state: str = STATE,
                      scaled: bool = True) -> dict[str, Any]:
     """One MOD09-style granule: {"grid", "date", "tile", "reflectance" (band, y, x) float32 with
@@ -187,20 +222,13 @@ def read_hdf_granule(path: str, bands: list[str] | None = None, state: str = STA
         RasterError: not a readable HDF4 file, a band missing, or no usable grid.
     """
     from pyhdf.error import HDF4Error
-    from pyhdf.SD import SD, SDC
 
     bands = bands or BANDS_500M
     date, tile = granule_date(path)
-    try:
-        sd = SD(path, SDC.READ)
-    except HDF4Error as e:
-        raise RasterError(f"not a readable HDF4 file: {e}; re-download it") from None
+    sd = _open(path)
     try:
         *index, state_index = _indices(sd, [*bands, state])
-        struct = _text_attr(sd, "StructMetadata.0")
-        if struct is None:
-            raise RasterError("no StructMetadata.0 attribute: not an HDF-EOS grid file")
-        grid = parse_struct_metadata(struct, bands[0])
+        grid = _grid(sd, bands[0])
         fill = np.zeros((grid.height, grid.width), bool)
         raws, fills, scales, offsets = [], [], [], []
         for name, k in zip(bands, index, strict=True):
@@ -227,6 +255,62 @@ def read_hdf_granule(path: str, bands: list[str] | None = None, state: str = STA
     for band, raw, fill_value in zip(reflectance, raws, fills, strict=True):
         np.copyto(band, np.nan, where=raw == fill_value)
     return {**out, "reflectance": reflectance}
+
+
+@dataclass(frozen=True)
+class SharedStack:
+    """A tile's granules decoded into one memory-mapped file by worker processes on this
+    machine, read in place by the driver: (granule, band, y, x) float32 values, then
+    (flag, granule, y, x) bool fill / cloud / shadow. Decoded pixels then never cross a
+    process boundary (a 2400 x 2400 granule is ≈ 110 MB of arrays, which Dask would pickle
+    and copy back), and the driver's cube is this memory, not a copy of it."""
+
+    path: str
+    granules: int
+    bands: int
+    height: int
+    width: int
+    grid_key: tuple
+
+    @classmethod
+    def create(cls, path: str, granules: int, bands: int, grid: Grid) -> SharedStack:
+        """A zero-filled stack file at `path` (sparse: pages are allocated as they are written)."""
+        stack = cls(path, granules, bands, grid.height, grid.width, grid.key)
+        with open(path, "wb") as f:
+            f.truncate(stack.nbytes)
+        return stack
+
+    @property
+    def nbytes(self) -> int:
+        return self.granules * self.height * self.width * (4 * self.bands + len(FLAGS))
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(values, flags) mapped from the file, writable."""
+        shape = (self.granules, self.bands, self.height, self.width)
+        values = np.memmap(self.path, np.float32, "r+", shape=shape)
+        flags = np.memmap(self.path, np.bool_, "r+", offset=values.nbytes,
+                          shape=(len(FLAGS), self.granules, self.height, self.width))
+        return values, flags
+
+
+def decode_granule(path: str, stack: SharedStack | None = None, slot: int = 0, *, bands: list[str],
+                   state: str = STATE) -> dict[str, Any]:
+    """A Dask task: `read_hdf_granule(scaled=False)` with the path, or {"path", "error"}.
+
+    With a `stack`, a granule on the stack's grid is scaled into `slot` and its flags written
+    there; it comes back without arrays ("slot" in their place). One on another grid comes
+    back whole, for its tile's grid vote to reject (or, if most granules share it, use)."""
+    try:
+        g = {"path": path, **read_hdf_granule(path, bands, state, scaled=False)}
+    except RasterError as e:
+        return {"path": path, "error": str(e)}
+    if stack is None or g["grid"].key != stack.grid_key:
+        return g
+    values, flags = stack.arrays()
+    scale_into(values[slot], g.pop("raw"), g.pop("scale"), g.pop("offset"))
+    for i, name in enumerate(FLAGS):
+        flags[i, slot] = g.pop(name)
+    return {**g, "slot": slot}
 
 
 def scale_into(out: np.ndarray, raws: list[np.ndarray], scales: list[float], offsets: list[float]) -> None:

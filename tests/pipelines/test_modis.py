@@ -268,7 +268,12 @@ def write_granule(dst: Path, *, drop: tuple[str, ...] = (), shift: float = 0.0,
     return dst
 
 
-def test_bad_granules_are_quarantined_and_the_run_goes_on(tmp_path: Path, real, dask_address) -> None:
+@pytest.mark.parametrize("shared", [False, True], ids=["cluster", "local-processes-shared-stack"])
+def test_bad_granules_are_quarantined_and_the_run_goes_on(tmp_path: Path, real, dask_address,
+                                                          shared: bool) -> None:
+    """On a cluster (arrays come back from the workers) and locally in worker processes that
+    decode into a shared stack (a date gap and an off-grid granule: its slots are copied into the
+    cube, the off-grid one comes back whole and is rejected by the tile's grid vote)."""
     name = "MOD09A1.A2017{doy}.h18v04.006.test.hdf"
     for doy in ("193", "201", "217"):  # 209 is missing: a date gap
         write_granule(tmp_path / name.format(doy=doy), fill_pixel=(5, 7))
@@ -279,9 +284,10 @@ def test_bad_granules_are_quarantined_and_the_run_goes_on(tmp_path: Path, real, 
     corrupt = tmp_path / name.format(doy="249")
     corrupt.write_bytes(np.random.default_rng(0).bytes(4096))
     cfg = config(tmp_path / "out", f'data.modis.granules=["{tmp_path}/*.hdf"]', "data.modis.geotiffs=[]",
-                 "data.modis.mask_clouds=false")
+                 "data.modis.mask_clouds=false", f"data.modis.process_min_mb={0 if shared else 1e9}")
     cfg.data.modis.samples = None
-    summary = modis.run(cfg.data, dask_address=dask_address)
+    summary = modis.run(cfg.data, dask_address=None if shared else dask_address)
+    assert summary.manifest["incremental"]["decoded_in_processes"] is shared
     records = [json.loads(x) for x in
                (tmp_path / "out" / summary.manifest["quarantine"]["file"]).read_text().splitlines()]
     reasons = {(Path(r["source"]).name, r["reason"].split(":")[0]) for r in records}
@@ -302,6 +308,25 @@ def test_bad_granules_are_quarantined_and_the_run_goes_on(tmp_path: Path, real, 
     np.testing.assert_allclose(filled[2], (filled[1] + filled[3]) / 2, rtol=1e-5)  # … gap-filled linearly
     assert np.isnan(filled[:, :, 5, 7]).all()  # a pixel never observed stays NaN
     assert cube["valid"].dtype == bool  # also without cloud masking
+
+
+def test_processes_decoding_into_a_shared_stack_build_the_same_cube(tmp_path: Path, real) -> None:
+    """A local run with enough pixels decodes in worker processes, into a memory-mapped stack that
+    becomes the cube itself when it holds every date in order; the cube is the one a single
+    thread builds, to the bit (here forced with process_min_mb=0 on copies of the real granule)."""
+    (tmp_path / "in").mkdir()
+    for doy in ("185", "193", "201"):
+        write_granule(tmp_path / "in" / f"MOD09A1.A2017{doy}.h18v04.006.test.hdf", fill_pixel=(5, 7))
+    cubes = []
+    for mb in (0, 1e9):
+        cfg = load_config(None, ['data.kind="modis"', f'data.output="{tmp_path}/out{mb:g}"',
+                                 f'data.modis.granules=["{tmp_path}/in/*.hdf"]',
+                                 f"data.modis.process_min_mb={mb}"])
+        summary = modis.run(cfg.data)
+        assert summary.manifest["incremental"]["decoded_in_processes"] is (mb == 0)
+        cubes.append(open_cube(tmp_path / f"out{mb:g}", "h18v04").load())
+    assert cubes[0].sizes["time"] == 3 and cubes[0].identical(cubes[1])
+    assert not list(Path("/dev/shm").glob("advorch-modis-*"))  # the stacks are gone with the run
 
 
 # ---------------------------------------------------------------- training on the sequences
