@@ -263,7 +263,9 @@ class SharedStack:
     machine, read in place by the driver: (granule, band, y, x) float32 values, then
     (flag, granule, y, x) bool fill / cloud / shadow. Decoded pixels then never cross a
     process boundary (a 2400 x 2400 granule is ≈ 110 MB of arrays, which Dask would pickle
-    and copy back), and the driver's cube is this memory, not a copy of it."""
+    and copy back), and the driver's cube is this memory, not a copy of it. The values are
+    NaN where not observed: fill, and cloud or shadow with `mask_clouds` (the cube's rule),
+    so that work is done in the workers too."""
 
     path: str
     granules: int
@@ -271,11 +273,13 @@ class SharedStack:
     height: int
     width: int
     grid_key: tuple
+    mask_clouds: bool = True
 
     @classmethod
-    def create(cls, path: str, granules: int, bands: int, grid: Grid) -> SharedStack:
+    def create(cls, path: str, granules: int, bands: int, grid: Grid,
+               mask_clouds: bool = True) -> SharedStack:
         """A zero-filled stack file at `path` (sparse: pages are allocated as they are written)."""
-        stack = cls(path, granules, bands, grid.height, grid.width, grid.key)
+        stack = cls(path, granules, bands, grid.height, grid.width, grid.key, mask_clouds)
         with open(path, "wb") as f:
             f.truncate(stack.nbytes)
         return stack
@@ -297,9 +301,9 @@ def decode_granule(path: str, stack: SharedStack | None = None, slot: int = 0, *
                    state: str = STATE) -> dict[str, Any]:
     """A Dask task: `read_hdf_granule(scaled=False)` with the path, or {"path", "error"}.
 
-    With a `stack`, a granule on the stack's grid is scaled into `slot` and its flags written
-    there; it comes back without arrays ("slot" in their place). One on another grid comes
-    back whole, for its tile's grid vote to reject (or, if most granules share it, use)."""
+    With a `stack`, a granule on the stack's grid is scaled and masked into `slot` and its flags
+    written there; it comes back without arrays ("slot" in their place). One on another grid
+    comes back whole, for its tile's grid vote to reject (or, if most granules share it, use)."""
     try:
         g = {"path": path, **read_hdf_granule(path, bands, state, scaled=False)}
     except RasterError as e:
@@ -308,6 +312,9 @@ def decode_granule(path: str, stack: SharedStack | None = None, slot: int = 0, *
         return g
     values, flags = stack.arrays()
     scale_into(values[slot], g.pop("raw"), g.pop("scale"), g.pop("offset"))
+    unseen = g["fill"] | g["cloud"] | g["shadow"] if stack.mask_clouds else g["fill"]
+    for band in values[slot]:
+        np.copyto(band, np.nan, where=unseen)
     for i, name in enumerate(FLAGS):
         flags[i, slot] = g.pop(name)
     return {**g, "slot": slot}
