@@ -7,9 +7,10 @@
     GeoTIFFs (one per date/band) ─ read ─► side/cube-geotiff.zarr (time, band, y, x)
     sample table (point, date, bands) ─► windows ─► parts/*.parquet (features (T·F), label)
 
-Reading runs on the `--dask-address` cluster's workers; in a local run, in Dask worker
+Reading runs on the `--dask-address` cluster's workers; in a local run, in a pool of worker
 processes that decode into a shared memory-mapped stack per tile when the pixels are many
 (`process_min_mb`), else in this thread (pyhdf holds the GIL: threads would take turns).
+Tiles are built one after another, so one tile's arrays are in memory at a time.
 
 Gap filling: a masked observation (fill, cloud or shadow) is replaced by linear
 interpolation in time between the pixel's nearest valid observations, and by the nearest
@@ -475,14 +476,31 @@ def plan_tiles(granules: list[str], sources: list[dict[str, Any]] | None,
     return plan
 
 
+def _decode(workers: Any, paths: list[str], stack: SharedStack | None, cfg: ModisConfig,
+            quarantine: Quarantine) -> list[dict[str, Any]]:
+    """A tile's granules decoded on `workers` (into its `stack`, if any); the unreadable ones
+    quarantined with the reason."""
+    items = [(p, stack, k) for k, p in enumerate(paths)]
+    futures = _map_batched(workers, decode_granule, items, bands=cfg.bands, state=cfg.state_layer)
+    decoded = []
+    for fut in track(futures, "reading granules", total=len(futures)):
+        for g in fut.result():
+            if "error" in g:
+                quarantine.add(g["path"], g["error"])
+            else:
+                decoded.append(g)
+    return decoded
+
+
 @contextmanager
 def _shared_stacks(todo: dict[str, list[str]], cfg: ModisConfig,
                    local: bool) -> Iterator[dict[str, SharedStack]]:
     """Per tile, a `SharedStack` for worker processes to decode its granules into, when that
     pays: the workers are on this machine (a local run), it has two cores or more, and the
     decoded pixels come to `cfg.process_min_mb` at least (below that, starting the processes,
-    ≈ 0.5 s, costs more than the second core saves). Else {}: one thread decodes. The stacks
-    live in a temporary folder in /dev/shm (memory, not disk) while the context lasts."""
+    ≈ 0.2-0.3 s, costs more than the second core saves). Else {}: one thread decodes. The
+    stacks live in a temporary folder in /dev/shm (memory, not disk) while the context lasts;
+    a file takes memory only as its slots are written (and the largest tile must fit)."""
     folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
     grids: dict[str, Grid] = {}
     if local and (os.cpu_count() or 1) > 1:
@@ -493,9 +511,9 @@ def _shared_stacks(todo: dict[str, list[str]], cfg: ModisConfig,
                     break
                 except RasterError:
                     continue  # the decoding quarantines it
-    pixels = sum(len(todo[t]) * g.height * g.width for t, g in grids.items())
-    need = pixels * (4 * len(cfg.bands) + len(FLAGS))
-    if not grids or pixels * 2 * (len(cfg.bands) + 1) < cfg.process_min_mb * 1e6 \
+    pixels = {t: len(todo[t]) * g.height * g.width for t, g in grids.items()}
+    need = max(pixels.values(), default=0) * (4 * len(cfg.bands) + len(FLAGS))  # tiles come one by one
+    if not grids or sum(pixels.values()) * 2 * (len(cfg.bands) + 1) < cfg.process_min_mb * 1e6 \
             or shutil.disk_usage(folder or tempfile.gettempdir()).free < need:
         yield {}
         return
@@ -575,30 +593,27 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
         # ≈ 15% more time on 184 small granules, for no parallelism)
         with _shared_stacks(todo, m, local) as stacks, \
                 _workers(dask_address, min(os.cpu_count() or 1, 4) if stacks else 0) as workers:
-            by_tile: dict[str, list[dict[str, Any]]] = {}
-            items = [(p, stacks.get(tile), k) for tile, paths in todo.items() for k, p in enumerate(paths)]
-            futures = _map_batched(workers, decode_granule, items, bands=m.bands, state=m.state_layer)
-            for fut in track(futures, "reading granules", total=len(futures)):
-                for g in fut.result():
-                    if "error" in g:
-                        quarantine.add(g["path"], g["error"])
-                    else:
-                        by_tile.setdefault(g["tile"], []).append(g)
             for tile, t in sorted(plan.items()):
                 if t["keep"]:  # nothing new for this tile: its cube stays as it is
                     writer.keep_side(f"cube-{tile}.zarr", t["keep"])
                     ds = open_zarr(f"{output}/{t['keep']}")
-                elif by_tile.get(tile) or t["layers"]:
-                    old = cube_layers(f"{output}/{t['layers']}") if t["layers"] else []
-                    ds = tile_cube(old + by_tile.get(tile, []), m, quarantine, stacks.get(tile))
-                    write_zarr(ds, writer.side_dir_uri(f"cube-{tile}.zarr"))
                 else:
-                    continue
+                    new = _decode(workers, t["decode"], stacks.get(tile), m, quarantine)
+                    if not (new or t["layers"]):
+                        continue
+                    old = cube_layers(f"{output}/{t['layers']}") if t["layers"] else []
+                    ds = tile_cube(old + new, m, quarantine, stacks.get(tile))
+                    write_zarr(ds, writer.side_dir_uri(f"cube-{tile}.zarr"))
                 record_holes(ds, quarantine)
                 if m.labels:
                     series.append(pixel_series(ds, m.labels, quarantine))
                 cubes[tile] = describe(ds, list(ds.attrs["granules"].values()))
-            stats = {"granules_decoded": len(items), "decoded_in_processes": bool(stacks),
+                # one tile in memory at a time: its granules, stack and cube go before the next
+                # tile is decoded (a tile-year at 2400 x 2400 px is ≈ 8 GB)
+                ds = new = old = None
+                if tile in stacks:
+                    os.unlink(stacks[tile].path)
+            stats = {"granules_decoded": sum(map(len, todo.values())), "decoded_in_processes": bool(stacks),
                      "tiles_kept": sum(bool(t["keep"]) for t in plan.values()),
                      "tiles_extended": sum(bool(t["layers"]) for t in plan.values())}
             if tiffs:

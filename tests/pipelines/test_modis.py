@@ -311,12 +311,14 @@ def test_bad_granules_are_quarantined_and_the_run_goes_on(tmp_path: Path, real, 
 
 
 def test_processes_decoding_into_a_shared_stack_build_the_same_cube(tmp_path: Path, real) -> None:
-    """A local run with enough pixels decodes in worker processes, into a memory-mapped stack that
-    becomes the cube itself when it holds every date in order; the cube is the one a single
-    thread builds, to the bit (here forced with process_min_mb=0 on copies of the real granule)."""
+    """A local run with enough pixels decodes in worker processes, into a memory-mapped stack per
+    tile that becomes the cube itself when it holds every date in order (else its slots are
+    copied in); the cubes are the ones a single thread builds, to the bit (here forced with
+    process_min_mb=0 on copies of the real granule, two tiles)."""
     (tmp_path / "in").mkdir()
-    for doy in ("185", "193", "201"):
-        write_granule(tmp_path / "in" / f"MOD09A1.A2017{doy}.h18v04.006.test.hdf", fill_pixel=(5, 7))
+    for name in ("A2017185.h18v04", "A2017193.h18v04", "A2017201.h18v04",  # every date
+                 "A2017193.h19v04", "A2017209.h19v04"):  # 2017-07-20 missing
+        write_granule(tmp_path / "in" / f"MOD09A1.{name}.006.test.hdf", fill_pixel=(5, 7))
     cubes = []
     for mb in (0, 1e9):
         cfg = load_config(None, ['data.kind="modis"', f'data.output="{tmp_path}/out{mb:g}"',
@@ -324,8 +326,11 @@ def test_processes_decoding_into_a_shared_stack_build_the_same_cube(tmp_path: Pa
                                  f"data.modis.process_min_mb={mb}"])
         summary = modis.run(cfg.data)
         assert summary.manifest["incremental"]["decoded_in_processes"] is (mb == 0)
-        cubes.append(open_cube(tmp_path / f"out{mb:g}", "h18v04").load())
-    assert cubes[0].sizes["time"] == 3 and cubes[0].identical(cubes[1])
+        cubes.append([open_cube(tmp_path / f"out{mb:g}", tile).load() for tile in ("h18v04", "h19v04")])
+    (a18, a19), (b18, b19) = cubes
+    assert a18.sizes["time"] == 3 and a18.identical(b18)  # every date: the stack is the cube
+    assert a19.sizes["time"] == 3 and a19.identical(b19)  # a date gap: the slots copied into it
+    assert np.isnan(a19["filled"].where(a19["valid"]).values[1]).all()
     assert not list(Path("/dev/shm").glob("advorch-modis-*"))  # the stacks are gone with the run
 
 
