@@ -43,6 +43,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import Any
 
@@ -476,19 +477,28 @@ def plan_tiles(granules: list[str], sources: list[dict[str, Any]] | None,
     return plan
 
 
-def _decode(workers: Any, paths: list[str], stack: SharedStack | None, cfg: ModisConfig,
+def _decode(workers: Any, tile: str, paths: list[str], stack: SharedStack | None, cfg: ModisConfig,
             quarantine: Quarantine) -> list[dict[str, Any]]:
     """A tile's granules decoded on `workers` (into its `stack`, if any); the unreadable ones
-    quarantined with the reason."""
+    quarantined with the reason.
+
+    Raises:
+        PipelineError: a worker process died (the run is aborted: nothing is published)."""
     items = [(p, stack, k) for k, p in enumerate(paths)]
     futures = _map_batched(workers, decode_granule, items, bands=cfg.bands, state=cfg.state_layer)
     decoded = []
-    for fut in track(futures, "reading granules", total=len(futures)):
-        for g in fut.result():
-            if "error" in g:
-                quarantine.add(g["path"], g["error"])
-            else:
-                decoded.append(g)
+    try:
+        for fut in track(futures, f"reading granules {tile}", total=len(futures)):
+            for g in fut.result():
+                if "error" in g:
+                    quarantine.add(g["path"], g["error"])
+                else:
+                    decoded.append(g)
+    except BrokenProcessPool as e:  # a worker killed (the kernel's OOM killer, most likely)
+        raise PipelineError(f"a decoding process died while reading the {len(paths)} granule(s) of tile "
+                            f"{tile or '?'} ({e}): if it ran out of memory, free some or set "
+                            "data.modis.process_min_mb above the run's size to decode in one thread; "
+                            "nothing was published") from None
     return decoded
 
 
@@ -598,7 +608,7 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
                     writer.keep_side(f"cube-{tile}.zarr", t["keep"])
                     ds = open_zarr(f"{output}/{t['keep']}")
                 else:
-                    new = _decode(workers, t["decode"], stacks.get(tile), m, quarantine)
+                    new = _decode(workers, tile, t["decode"], stacks.get(tile), m, quarantine)
                     if not (new or t["layers"]):
                         continue
                     old = cube_layers(f"{output}/{t['layers']}") if t["layers"] else []
