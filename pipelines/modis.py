@@ -64,6 +64,7 @@ from advorch.pipelines.rasters import (
     read_geotiff,
     read_hdf_grid,
     scale_into,
+    unobserved,
 )
 from advorch.pipelines.shards import (
     HASH,
@@ -99,28 +100,27 @@ def _map_batched(workers: Any, fn: Any, items: list[tuple], **kwargs: Any) -> li
     Dask client, a process pool, or None: this thread, as the results are asked for). A Dask
     task costs ≈ 1-2 ms of scheduling, more than decoding a small granule, so a task reads a
     batch (≈ 4 per worker, to balance them; at most 32 items, to bound a result's size)."""
-    if isinstance(workers, Executor):
+    if workers is None:
+        n = 1
+    elif isinstance(workers, Executor):
         n = workers._max_workers  # the pool's size: it has no public accessor
     else:
-        n = (sum(workers.nthreads().values()) or 1) if workers else 1
+        n = sum(workers.nthreads().values()) or 1
     size = max(1, min(32, -(-len(items) // (4 * n))))
     batches = [items[i:i + size] for i in range(0, len(items), size)]
-    if workers is None:
-        return [_Deferred(_each, batch, fn=fn, **kwargs) for batch in batches]
-    if isinstance(workers, Executor):
-        return [workers.submit(_each, batch, fn=fn, **kwargs) for batch in batches]
-    return workers.map(_each, batches, fn=fn, **kwargs)
+    submit = workers.submit if workers is not None else _Deferred  # a pool's and Dask's alike
+    return [submit(_each, batch, fn=fn, **kwargs) for batch in batches]
 
 
 @contextmanager
-def _workers(dask_address: str | None, processes: int) -> Iterator[Any]:
-    """Where granules are read: the Dask cluster at `dask_address` (or $DASK_SCHEDULER_ADDRESS);
-    else a pool of `processes` local processes (they decode into shared stacks: a pool starts
-    and stops in ≈ 0.2 s, a Dask LocalCluster in ≈ 0.9 s, for the same work on one machine);
-    else None, this thread."""
+def _workers(dask_address: str | None, local: bool, processes: int) -> Iterator[Any]:
+    """Where granules are read: unless `local`, the Dask cluster at `dask_address` (or
+    $DASK_SCHEDULER_ADDRESS); else a pool of `processes` local processes (they decode into
+    shared stacks: a pool starts and stops in ≈ 0.2 s, a Dask LocalCluster in ≈ 0.9 s, for the
+    same work on one machine); else None, this thread."""
     from advorch.pipelines.cluster import dask_client
 
-    if dask_address or os.environ.get("DASK_SCHEDULER_ADDRESS"):
+    if not local:
         with dask_client(dask_address) as client:
             yield client
     elif processes:
@@ -243,9 +243,7 @@ def tile_cube(granules: list[dict[str, Any]], cfg: ModisConfig, quarantine: Quar
                 v[k] = g[f]
     for k in ("cloud", "shadow"):  # a missing composite is fill, not cloud
         flags[k] &= ~flags["fill"]
-    valid = ~flags["fill"]
-    if cfg.mask_clouds:
-        valid &= ~(flags["cloud"] | flags["shadow"])
+    valid = ~unobserved(flags["fill"], flags["cloud"], flags["shadow"], cfg.mask_clouds)
     if not whole:
         np.copyto(masked, np.nan, where=~valid[:, None])
     # `masked` is not kept: filled.where(valid) gives it; asarray: a plain view of a stack's map
@@ -345,7 +343,7 @@ def cube_layers(uri: str) -> list[dict[str, Any]]:
                 a["crs"])
     times = [str(t)[:10] for t in ds.time.values]
     arrays = {"reflectance": ds["filled"].where(ds["valid"]).values,
-              **{f: ds[f].values for f in ("fill", "cloud", "shadow")}}
+              **{f: ds[f].values for f in FLAGS}}
     layers = []
     for date, path in a["granules"].items():
         k = times.index(date)
@@ -602,7 +600,7 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
         # shared stacks; a smaller one in this thread (no Dask: its in-process scheduler cost
         # ≈ 15% more time on 184 small granules, for no parallelism)
         with _shared_stacks(todo, m, local) as stacks, \
-                _workers(dask_address, min(os.cpu_count() or 1, 4) if stacks else 0) as workers:
+                _workers(dask_address, local, min(os.cpu_count() or 1, 4) if stacks else 0) as workers:
             for tile, t in sorted(plan.items()):
                 if t["keep"]:  # nothing new for this tile: its cube stays as it is
                     writer.keep_side(f"cube-{tile}.zarr", t["keep"])

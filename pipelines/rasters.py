@@ -297,9 +297,15 @@ class SharedStack:
         return values, flags
 
 
+def unobserved(fill: np.ndarray, cloud: np.ndarray, shadow: np.ndarray, mask_clouds: bool) -> np.ndarray:
+    """Where a value is not an observation: fill, and cloud or shadow with `mask_clouds` (the
+    cube's rule, for one granule or a whole stack; may be `fill` itself)."""
+    return fill | cloud | shadow if mask_clouds else fill
+
+
 def decode_granule(path: str, stack: SharedStack | None = None, slot: int = 0, *, bands: list[str],
                    state: str = STATE) -> dict[str, Any]:
-    """A Dask task: `read_hdf_granule(scaled=False)` with the path, or {"path", "error"}.
+    """A worker's task: `read_hdf_granule(scaled=False)` with the path, or {"path", "error"}.
 
     With a `stack`, a granule on the stack's grid is scaled and masked into `slot` and its flags
     written there; it comes back without arrays ("slot" in their place). One on another grid
@@ -312,7 +318,7 @@ def decode_granule(path: str, stack: SharedStack | None = None, slot: int = 0, *
         return g
     values, flags = stack.arrays()
     scale_into(values[slot], g.pop("raw"), g.pop("scale"), g.pop("offset"))
-    unseen = g["fill"] | g["cloud"] | g["shadow"] if stack.mask_clouds else g["fill"]
+    unseen = unobserved(g["fill"], g["cloud"], g["shadow"], stack.mask_clouds)
     for band in values[slot]:
         np.copyto(band, np.nan, where=unseen)
     for i, name in enumerate(FLAGS):
