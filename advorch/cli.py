@@ -109,6 +109,13 @@ def preprocess_text(config: ConfigArg, output: OutputOpt = None,
     run_pipeline(_load_kind(config, set_, "text"), output, dask_address, wait_lock)
 
 
+@preprocess_app.command("images")
+def preprocess_images(config: ConfigArg, output: OutputOpt = None,
+                      dask_address: DaskOpt = None, wait_lock: WaitLockOpt = 0, set_: SetOpt = None) -> None:
+    """An image-folder tree (one sub-folder per class) or sklearn's digits → pixel Parquet shards."""
+    run_pipeline(_load_kind(config, set_, "images"), output, dask_address, wait_lock)
+
+
 @preprocess_app.command("modis")
 def preprocess_modis(config: ConfigArg, output: OutputOpt = None,
                      dask_address: DaskOpt = None, wait_lock: WaitLockOpt = 0, set_: SetOpt = None) -> None:
@@ -160,11 +167,11 @@ def _print_result(result) -> None:
 
 def run_training(cfg: ExperimentConfig, data: str | None, ray_address: str | None,
                  mlflow_uri: str | None):
-    from advorch.trainers.adversarial import build_regime
+    from advorch.trainers.launch import check_experiment, dataset_uri
 
-    try:
-        build_regime(cfg.regime)  # fail fast on a bad regime name, before Ray starts
-    except ValueError as e:
+    try:  # every impossible combination fails here, before Ray starts
+        check_experiment(cfg, dataset_uri(data or cfg.data.output))
+    except (ConfigError, FileNotFoundError) as e:
         fail(str(e))
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -217,11 +224,17 @@ def train(config: ConfigArg,
 
 @app.command()
 def evaluate(run_id: Annotated[str, typer.Argument(help="MLflow run id of a training run.")],
-             attack: Annotated[str, typer.Option(help="Attacks, comma-separated: at, pgd.")] = "at,pgd",
-             eps: Annotated[str, typer.Option(help="L2 radii, comma-separated.")] = "0.5,1,2",
+             attack: Annotated[str, typer.Option(
+                 help="Attacks, comma-separated: at, fgsm, pgd, pgd_linf.")] = "at,pgd",
+             eps: Annotated[str, typer.Option(help="Radii, comma-separated (L2; L∞ for fgsm, pgd_linf).")
+                            ] = "0.5,1,2",
              steps: Annotated[int, typer.Option(help="PGD steps.")] = 10,
+             transfer_from: Annotated[str | None, typer.Option(
+                 help="Run ids, comma-separated: also craft the attacks on their models and evaluate "
+                      "this run's model on them (transfer; pixel and feature inputs).")] = None,
              mlflow_uri: MlflowOpt = None) -> None:
-    """Test metrics under attack over an ε grid; printed, and logged to the run (table + plot)."""
+    """Test metrics under attack over an ε grid, white-box and transferred; printed, and logged to
+    the run (table + plots)."""
     from advorch.trainers.analysis import evaluate_run
 
     try:
@@ -230,14 +243,15 @@ def evaluate(run_id: Annotated[str, typer.Argument(help="MLflow run id of a trai
         fail(f"--eps {eps!r}: give numbers separated by commas, e.g. 0.5,1,2")
     attacks = [a.strip() for a in attack.split(",") if a.strip()]
     try:
-        rows = evaluate_run(run_id, attacks, epsilons, mlflow_uri, steps=steps)
+        sources = [r.strip() for r in (transfer_from or "").split(",") if r.strip()]
+        rows = evaluate_run(run_id, attacks, epsilons, mlflow_uri, steps=steps, transfer_from=sources)
     except (LookupError, ValueError) as e:
         fail(str(e), code=1)
     table = Table(title=f"robustness of run {run_id} (test split)")
-    for col in ("attack", "epsilon", "accuracy", "auc"):
+    for col in ("source", "attack", "epsilon", "accuracy", "auc"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(r["attack"], f"{r['epsilon']:g}", f"{r['accuracy']:.4f}",
+        table.add_row(r["source"][:12], r["attack"], f"{r['epsilon']:g}", f"{r['accuracy']:.4f}",
                       f"{r['auc']:.4f}" if "auc" in r else "-")
     out.print(table)
 
@@ -333,7 +347,7 @@ def tune(config: ConfigArg,
 
 
 def _registry_uri(mlflow_uri: str | None) -> str:
-    from advorch.tuning.tracking import resolve_uri
+    from advorch.tracking import resolve_uri
 
     return resolve_uri(mlflow_uri)
 

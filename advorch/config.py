@@ -122,10 +122,26 @@ class ModisConfig(_Section):
                                               "many MB of decoded pixels on; below, one thread")
 
 
+class ImagesConfig(_Section):
+    """Labelled images → pixel shards: an image-folder tree (one sub-folder per class) or the
+    UCI handwritten digits that ship inside scikit-learn."""
+
+    source: Literal["folder", "digits"] = Field("folder", description="folder: `root`; digits: sklearn")
+    root: str | None = Field(None, description="the tree's root folder (source = folder)")
+    class_level: Literal["top", "parent"] = Field(
+        "top", description="top: a file's class is its first folder under root (root/CLASS/…); "
+                           "parent: the folder that holds it (root/EVENT/CLASS/file, as MediaEval)")
+    extensions: list[str] = Field(default_factory=lambda: [".jpg", ".jpeg", ".png"])
+    size: int = Field(32, ge=1, description="resized to size x size (digits keep their 8 x 8)")
+    channels: Literal[1, 3] = Field(3, description="1: greyscale (Pillow mode L), 3: RGB")
+    max_pixels: int = Field(40_000_000, ge=1, description="larger images are quarantined "
+                                                          "(decompression bombs)")
+
+
 class DataConfig(_Section):
     """Where the raw data is and how the pipeline turns it into shards."""
 
-    kind: Literal["text", "clickstream", "modis"] = "text"
+    kind: Literal["text", "clickstream", "modis", "images"] = "text"
     sources: list[TextSource] = Field(default_factory=list)
     encoding: str = "utf-8"
     output: str = "data/dataset"
@@ -138,12 +154,13 @@ class DataConfig(_Section):
     seed: int = 0
     clickstream: ClickstreamConfig = Field(default_factory=ClickstreamConfig)
     modis: ModisConfig = Field(default_factory=ModisConfig)
+    images: ImagesConfig = Field(default_factory=ImagesConfig)
 
 
 class ModelConfig(_Section):
-    """Jia et al. KDD'19 LSTM / LSTM-Attention (eq. 4-10)."""
+    """The model: Jia et al. KDD'19 LSTM / LSTM-Attention (eq. 4-10), or the image CNN."""
 
-    name: Literal["lstm", "lstm_attention"] = "lstm_attention"
+    name: Literal["lstm", "lstm_attention", "image_cnn"] = "lstm_attention"
     embedding_dim: int = Field(128, ge=1)
     hidden_dim: int = Field(140, ge=1)
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
@@ -154,14 +171,20 @@ class ModelConfig(_Section):
     pretrained_vectors: str | None = Field(None, description="word2vec/GloVe text file to start from")
     init_embeddings: Literal["dataset", "random"] = Field(
         "dataset", description="start from the dataset's embeddings side file when it has one")
+    channels: list[int] = Field(default_factory=lambda: [32, 64], min_length=2, max_length=2,
+                                description="image_cnn: widths of its two conv blocks")
+    activation: Literal["relu", "softplus"] = Field("relu", description="image_cnn: activation")
 
 
 class RegimeConfig(_Section):
-    """Which adversarial regime builds the loss, and its hyper-parameters (Jia et al. KDD'19)."""
+    """Which adversarial terms build the loss, and their hyper-parameters (trainers/adversarial:
+    each term's module lists the keys it reads; a key set that no chosen term reads is an error)."""
 
-    name: str = "clean"
-    epsilon: float = Field(1.0, ge=0.0, description="L2 radius of the perturbation")
-    lam: float = Field(1.0, ge=0.0, description="weight of the adversarial (AT) loss")
+    name: str = Field("clean", description='a term or terms joined by "+", e.g. "fgsm+input_gradient"')
+    epsilon: float = Field(1.0, ge=0.0, description="radius of the perturbation (in its norm)")
+    norm: Literal["l2", "linf"] = Field("l2", description="at / pgd: L2 ball, or L∞ box (sign steps)")
+    lam: float = Field(1.0, ge=0.0, description="weight of the adversarial (AT / FGSM / PGD) loss")
+    inputs: list[str] = Field(default_factory=list, description="perturbed inputs by name; empty: all")
     filter: Literal["none", "sf", "cat"] = Field(
         "none", description="Selective Filtering (eq. 12) or Conservative AT (eq. 13)")
     keep_ratio: float = Field(0.6, gt=0.0, le=1.0, description="SF: K%, share of samples kept")
@@ -173,6 +196,9 @@ class RegimeConfig(_Section):
     transductive: bool = Field(False, description="VAT also on the test inputs, without labels")
     pgd_steps: int = Field(3, ge=1)
     pgd_step_size: float = Field(0.5, gt=0.0, description="PGD step, as a share of epsilon")
+    lam_ig: float = Field(1.0, ge=0.0, description="input_gradient: weight of mean_i ‖∇_x ℓ_i‖²")
+    ig_method: Literal["double_backprop", "finite_difference"] = "double_backprop"
+    fd_step: float = Field(0.01, gt=0.0, description="input_gradient, finite_difference: step h")
 
 
 class TrainConfig(_Section):
@@ -186,6 +212,7 @@ class TrainConfig(_Section):
     patience: int = Field(3, ge=1, description="epochs without validation gain before stopping")
     metric: Literal["val_accuracy", "val_auc", "val_loss"] = "val_accuracy"
     class_weights: bool = Field(False, description="weight the loss by inverse train class frequency")
+    amp: bool = Field(False, description="CUDA only: forward passes in bfloat16 autocast")
     workers: int = Field(0, ge=0, description="0: one per available CPU")
     gpus: bool = False
     max_failures: int = Field(2, ge=0)

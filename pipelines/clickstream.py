@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from advorch import __version__
 from advorch.config import DataConfig, ItemMap
-from advorch.pipelines.common import OOV, PAD, SPLITS, PipelineError, Summary, stratified_codes
+from advorch.pipelines.common import OOV, PAD, SPLITS, TOKENS, PipelineError, Summary, stratified_codes
 from advorch.pipelines.events import expand, read_files
 from advorch.pipelines.sessions import Sessions, codes, sessionise
 from advorch.pipelines.shards import (
@@ -319,7 +319,7 @@ def _write(s: Sessions, cfg: DataConfig, output: str, writer: DatasetWriter, par
              "parts_written": len(jobs)}
     return writer.commit(
         splits=splits, schema=SCHEMA, sources=sources, quarantine=quarantine, params=params,
-        classes=CLASSES, shapes={"tokens": [None], "label": []},
+        classes=CLASSES, shapes={"tokens": [None], "label": []}, inputs=TOKENS,
         extra={"vocab_size": len(vocab), "embedding_dim": cfg.clickstream.embedding_dim,
                "class_counts": {c: int((s.labels == i).sum()) for i, c in enumerate(CLASSES)},
                "clickstream": stats})

@@ -11,6 +11,8 @@ import numpy as np
 
 PAD, OOV = "<pad>", "<unk>"
 SPLITS = ("train", "val", "test")
+# the manifest `inputs` of a dataset of token sequences (spec.py)
+TOKENS = {"tokens": {"column": "tokens", "shape": [None], "dtype": "int64"}}
 
 
 class PipelineError(RuntimeError):

@@ -641,6 +641,8 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
             write_sequences(concat(series), cfg, writer, quarantine, "data.modis")
         manifest = writer.commit(splits=splits, schema=schema, sources=sources,
                                  quarantine=quarantine, params=params, classes=classes, shapes=shapes,
+                                 inputs={"features": {"column": "features", "shape": shapes["features"],
+                                                      "dtype": "float32"}} if series else {},
                                  extra={"cubes": cubes, "incremental": stats, **extra})
     except BaseException:
         writer.abort()

@@ -197,12 +197,14 @@ class DatasetWriter:
     def commit(self, *, splits: dict[str, dict[str, Any]], schema: pa.Schema,
                sources: list[dict[str, Any]], quarantine: Quarantine, params: dict[str, Any],
                classes: list[str] | None = None, shapes: dict[str, Any] | None = None,
+               inputs: dict[str, dict[str, Any]] | None = None, task: str = "classification",
                extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Publish the staged build and write the manifest; return the manifest.
 
         `splits` maps a split name to {"parts": [{"index", "rows"}], "classes": {name: n}};
         a part {"keep": "parts/…", "rows"} is one of the previous build's, listed again as it is
-        (an incremental build).
+        (an incremental build). `inputs` names the model inputs and `task` what is learned
+        (read back by spec.read_spec).
         """
         fs, root = self.fs, self._root
         fs.makedirs(f"{root}/parts", exist_ok=True)
@@ -238,6 +240,8 @@ class DatasetWriter:
         manifest = {
             "format": FORMAT,
             "kind": self.kind,
+            "task": task,
+            "inputs": inputs or {},
             "build_id": self.build_id,
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "producer": {"name": "advorch", "version": __version__},

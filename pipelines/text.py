@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from advorch import __version__
 from advorch.config import DataConfig
-from advorch.pipelines.common import OOV, PipelineError, Summary, build_vocab, stratified_split
+from advorch.pipelines.common import OOV, TOKENS, PipelineError, Summary, build_vocab, stratified_split
 from advorch.pipelines.shards import (
     DatasetWriter,
     Quarantine,
@@ -192,7 +192,7 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
             s["quarantined"] = sum(1 for q in quarantine.records if q["source"] == s["path"])
         manifest = writer.commit(
             splits=splits, schema=SCHEMA, sources=sources, quarantine=quarantine, params=params,
-            classes=classes, shapes={"tokens": [None], "label": []},
+            classes=classes, shapes={"tokens": [None], "label": []}, inputs=TOKENS,
             extra={"vocab_size": len(vocab),
                    "class_counts": {c: counts.get(i, 0) for i, c in enumerate(classes)}},
         )

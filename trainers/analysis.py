@@ -1,26 +1,43 @@
-"""Robustness evaluation and explanations of a finished training run, logged back to it.
+"""Robustness evaluation, transfer attacks and explanations of a finished training run,
+logged back to it.
 
-A run is found by its MLflow id: the model from the `advorch.model_uri` tag, the
-config from its config.json artifact, the dataset from the `advorch.dataset` tag.
+A run is found by its MLflow id: the model from the `advorch.model_uri` tag, the config
+from its config.json artifact, the dataset from the `advorch.dataset` tag.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from advorch.config import ExperimentConfig
 
 
-def load_run(run_id: str, mlflow_uri: str | None = None) -> tuple[Any, ExperimentConfig, str, str]:
-    """(classifier, config, dataset URI, tracking URI) of a training run.
+@dataclass
+class Run:
+    """A trained run as analysis needs it."""
+
+    run_id: str
+    model: Any
+    cfg: ExperimentConfig
+    data: str
+    uri: str
+    spec: Any
+    task: Any
+
+
+def load_run(run_id: str, mlflow_uri: str | None = None) -> Run:
+    """The run's classifier (eval mode), config, dataset spec and task.
 
     Raises:
         LookupError: the run has no logged model (trained with mlflow.log_model = false).
     """
-    from advorch.tuning import tracking
+    from advorch import tracking
+    from advorch.pipelines.spec import read_spec
+    from advorch.trainers.tasks import build_task
 
     uri = tracking.resolve_uri(mlflow_uri)
     tags = tracking.run_tags(uri, run_id)
@@ -28,74 +45,105 @@ def load_run(run_id: str, mlflow_uri: str | None = None) -> tuple[Any, Experimen
         raise LookupError(f"run {run_id} has no logged model (it was trained with mlflow.log_model = false)")
     cfg = ExperimentConfig.model_validate(tracking.load_artifact_dict(uri, run_id, "config.json"))
     model = tracking.load_model(uri, tags["advorch.model_uri"]).model
-    return model.eval(), cfg, tags["advorch.dataset"], uri
+    spec = read_spec(tags["advorch.dataset"])
+    return Run(run_id, model.eval(), cfg, tags["advorch.dataset"], uri, spec, build_task(cfg, spec))
 
 
 def evaluate_run(run_id: str, attacks: list[str], epsilons: list[float], mlflow_uri: str | None = None,
-                 steps: int = 10, step_size: float | None = None,
-                 split: str = "test") -> list[dict[str, Any]]:
-    """Metrics under each attack × ε on the split; logged as metrics, a table and a plot."""
+                 steps: int = 10, step_size: float | None = None, split: str = "test",
+                 transfer_from: list[str] | None = None) -> list[dict[str, Any]]:
+    """Metrics under each attack × ε on the split, white-box and (transfer_from) crafted on each
+    of the other runs' models; logged as metrics, a table and a plot per source."""
+    from advorch import tracking
     from advorch.trainers.data import load_slice
     from advorch.trainers.robustness import plot, robustness
-    from advorch.tuning import tracking
 
-    model, cfg, data, uri = load_run(run_id, mlflow_uri)
-    rows = robustness(model, load_slice(data, split, 0, 1, cfg.model.max_length), attacks, epsilons,
-                      steps=steps, step_size=step_size)
-    tracking.log_metrics(uri, run_id, {
-        f"robust_{r['attack']}_eps{r['epsilon']:g}_{k}": r[k]
-        for r in rows if r["attack"] != "clean" for k in ("accuracy", "auc") if k in r})
-    tracking.log_dict(uri, run_id, rows, "robustness/robustness.json")
+    run = load_run(run_id, mlflow_uri)
+    data = load_slice(run.spec, split, 0, 1, run.cfg.model.max_length)
+    sources = [("white-box", None)] + [(s, load_run(s, mlflow_uri).model) for s in transfer_from or []]
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        plot(rows, f"{tmp}/robustness.png")
-        tracking.log_file(uri, run_id, f"{tmp}/robustness.png", "robustness")
+        for label, source in sources:
+            part = robustness(run.model, run.task, data, attacks, epsilons, steps=steps, step_size=step_size,
+                              source=source)
+            prefix = "robust" if source is None else f"transfer_{label[:8]}"
+            tracking.log_metrics(run.uri, run_id, {
+                f"{prefix}_{r['attack']}_eps{r['epsilon']:g}_{k}": r[k]
+                for r in part if r["attack"] != "clean" for k in ("accuracy", "auc") if k in r})
+            name = "robustness" if source is None else f"transfer-from-{label}"
+            plot(part, f"{tmp}/{name}.png", xlabel=f"ε ({label if source is None else 'from ' + label})")
+            tracking.log_file(run.uri, run_id, f"{tmp}/{name}.png", "robustness")
+            rows += [{"source": label, **r} for r in part]
+    tracking.log_dict(run.uri, run_id, rows, "robustness/robustness.json")
     return rows
 
 
 def explain_run(run_id: str, n: int = 5, epsilon: float | None = None, mlflow_uri: str | None = None,
                 split: str = "test") -> tuple[list, float, list[str]]:
-    """Explanations of the first n sequences of the split; logged as HTML and a PNG."""
+    """Explanations of the first n rows of the split, logged to the run: images get input-gradient
+    saliency maps; token sequences nearest-token perturbations, attention and saliency; feature
+    sequences Fig. 4."""
     import torch
 
-    from advorch.pipelines.shards import read_manifest, read_side_file
+    from advorch import tracking
     from advorch.trainers.data import load_slice, make_batch
-    from advorch.trainers.explain import as_html, attention_plot, explain
-    from advorch.tuning import tracking
 
-    model, cfg, data, uri = load_run(run_id, mlflow_uri)
-    manifest = read_manifest(data)
-    eps = cfg.regime.epsilon if epsilon is None else epsilon
-    rows = load_slice(data, split, 0, 1, cfg.model.max_length, manifest)
-    if rows.features is not None:
-        return explain_series_run(model, manifest, data, rows, n, eps, uri, run_id), eps, manifest["classes"]
-    vocab = json.loads(read_side_file(data, "vocab.json", manifest))
-    items = explain(model, make_batch(rows, torch.arange(min(n, len(rows))), torch.device("cpu")), vocab, eps)
+    run = load_run(run_id, mlflow_uri)
+    eps = run.cfg.regime.epsilon if epsilon is None else epsilon
+    rows = load_slice(run.spec, split, 0, 1, run.cfg.model.max_length)
+    batch = make_batch(rows, torch.arange(min(n, len(rows))), torch.device("cpu"))
     with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "explanations.html").write_text(as_html(items, manifest["classes"], eps))
-        attention_plot(items, f"{tmp}/attention.png")
-        for name in ("explanations.html", "attention.png"):
-            tracking.log_file(uri, run_id, f"{tmp}/{name}", "explain")
-    return items, eps, manifest["classes"]
+        if "pixels" in run.spec.inputs:
+            items = _image_saliency(run, batch, tmp)
+        elif "features" in run.spec.inputs:
+            items = _series(run, batch, eps, tmp)
+        else:
+            items = _sequences(run, batch, eps, tmp)
+        for f in sorted(Path(tmp).iterdir()):
+            tracking.log_file(run.uri, run_id, str(f), "explain")
+    return items, eps, run.spec.classes
 
 
-def explain_series_run(model: Any, manifest: dict[str, Any], data: str, rows: Any, n: int, eps: float,
-                       uri: str, run_id: str) -> list:
-    """Fig. 4 for a feature-sequence run: NDVI vs class mean and attention clean vs perturbed."""
+def _image_saliency(run: Run, batch: dict, tmp: str) -> list:
     import torch
 
-    from advorch.trainers.data import load_slice, make_batch
-    from advorch.trainers.explain_series import class_mean_ndvi, explain_series, series_plot
-    from advorch.tuning import tracking
+    from advorch.trainers.saliency import image_plot, input_gradients
 
-    names = manifest.get("feature_names", [])
+    grads, _ = input_gradients(run.model, run.task, batch)
+    with torch.no_grad():
+        pred = run.model(run.model.embed(batch), batch).scores.argmax(1)
+    classes = run.spec.classes
+    titles = [f"{classes[int(y)]}→{classes[int(p)]}" for y, p in zip(batch["label"], pred, strict=True)]
+    image_plot(batch["pixels"], grads["pixels"], titles, f"{tmp}/saliency.png")
+    return [{"label": int(y), "prediction": int(p), "gradient_l1": float(g.abs().sum())}
+            for y, p, g in zip(batch["label"], pred, grads["pixels"], strict=True)]
+
+
+def _sequences(run: Run, batch: dict, eps: float, tmp: str) -> list:
+    from advorch.pipelines.shards import read_side_file
+    from advorch.trainers.explain import as_html, attention_plot, explain
+    from advorch.trainers.saliency import input_gradients, sequence_plot
+
+    vocab = json.loads(read_side_file(run.data, "vocab.json", run.spec.manifest))
+    items = explain(run.model, run.task, batch, vocab, eps)
+    Path(tmp, "explanations.html").write_text(as_html(items, run.spec.classes, eps))
+    attention_plot(items, f"{tmp}/attention.png")
+    grads, attention = input_gradients(run.model, run.task, batch)
+    sequence_plot([x.tokens for x in items], grads["tokens"], attention, f"{tmp}/saliency.png")
+    return items
+
+
+def _series(run: Run, batch: dict, eps: float, tmp: str) -> list:
+    """Fig. 4 for a feature-sequence run: NDVI vs class mean and attention clean vs perturbed."""
+    from advorch.trainers.data import load_slice
+    from advorch.trainers.explain_series import class_mean_ndvi, explain_series, series_plot
+
+    names = run.spec.feature_names
     if "ndvi@0" not in names:
         raise LookupError("the dataset has no ndvi feature (data.modis.ndvi, or an ndvi band)")
     col = names.index("ndvi@0")
-    train = load_slice(data, "train", 0, 1, 10**6, manifest)
-    means = class_mean_ndvi(train.features, train.labels, col, len(manifest["classes"]))
-    items = explain_series(model, make_batch(rows, torch.arange(min(n, len(rows))), torch.device("cpu")),
-                           eps, col, means)
-    with tempfile.TemporaryDirectory() as tmp:
-        series_plot(items, manifest["classes"], eps, f"{tmp}/series.png")
-        tracking.log_file(uri, run_id, f"{tmp}/series.png", "explain")
+    train = load_slice(run.spec, "train", 0, 1)
+    means = class_mean_ndvi(train.inputs["features"], train.labels, col, run.spec.num_classes)
+    items = explain_series(run.model, run.task, batch, eps, col, means)
+    series_plot(items, run.spec.classes, eps, f"{tmp}/series.png")
     return items

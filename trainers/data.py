@@ -1,4 +1,4 @@
-"""Sequence shards → padded tensors and batches, for one worker's slice.
+"""Shards → tensors and batches, for one worker's slice, as the dataset spec describes them.
 
 A worker reads only the Parquet parts that overlap its contiguous row range of the
 split (rank r of w gets rows [r·N/w, (r+1)·N/w)), using the part row counts in the
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -19,26 +18,33 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
-from advorch.pipelines.shards import _fs, read_manifest, split_parts
+from advorch.pipelines.shards import _fs, split_parts
+from advorch.pipelines.spec import DatasetSpec, InputSpec
 
 
 @dataclass
-class SequenceData:
-    """tokens (N, T) int64 0-padded, or features (N, T, F) float32 (MODIS windows); labels (N,)
-    int64; ids (N,) row ids."""
+class TensorData:
+    """One slice of a split as tensors: inputs by name as stored (tokens (N, T) int64 0-padded,
+    features (N, T, F) float32, pixels (N, C, H, W) uint8), labels (N,) int64, row ids."""
 
-    tokens: Tensor | None
+    inputs: dict[str, Tensor]
     labels: Tensor
     ids: list[str]
-    features: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    @property
-    def inputs(self) -> Tensor:
-        """What the model reads: the token ids or the feature sequences."""
-        return self.tokens if self.features is None else self.features
+    def serving_inputs(self, n: int | None = None) -> Tensor:
+        """The first n rows of the (single) input as the serving wrapper takes it: token ids,
+        features, or pixels as float32 in [0, 1]."""
+        (name, x), = self.inputs.items()
+        x = x[:n] if n is not None else x
+        return as_model_input(name, x)
+
+
+def as_model_input(name: str, x: Tensor) -> Tensor:
+    """Stored values → what the model reads: uint8 pixels to float32 in [0, 1]."""
+    return x.float() / 255.0 if x.dtype == torch.uint8 else x
 
 
 def slice_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
@@ -46,37 +52,34 @@ def slice_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
     return n * rank // world, n * (rank + 1) // world
 
 
-def input_column(manifest: dict[str, Any]) -> str:
-    """"features" for datasets of feature sequences (shapes.features = [T, F]), else "tokens"."""
-    return "features" if "features" in manifest.get("shapes", {}) else "tokens"
-
-
-def read_rows(root: str, split: str, start: int, stop: int,
-              manifest: dict[str, Any] | None = None) -> pa.Table:
-    """Rows [start, stop) of a split, reading only the parts that overlap them."""
-    manifest = manifest or read_manifest(root)
-    column = input_column(manifest)
-    fs, base = _fs(root)
+def read_rows(spec: DatasetSpec, split: str, start: int, stop: int) -> pa.Table:
+    """Rows [start, stop) of a split (id, label and the input columns), reading only the parts
+    that overlap them."""
+    columns = ["id", *(i.column for i in spec.inputs.values()), "label"]
+    fs, base = _fs(spec.uri)
     tables, offset = [], 0
-    for part in split_parts(manifest, split):
+    for part in split_parts(spec.manifest, split):
         lo, hi = offset, offset + part["rows"]
         offset = hi
         if hi <= start or lo >= stop:
             continue
-        t = pq.read_table(f"{base}/{part['path']}", columns=["id", column, "label"], filesystem=fs)
+        t = pq.read_table(f"{base}/{part['path']}", columns=columns, filesystem=fs)
         tables.append(t.slice(max(start - lo, 0), min(stop, hi) - max(start, lo)))
-    return pa.concat_tables(tables) if tables else pa.table({"id": [], column: [], "label": []})
+    return pa.concat_tables(tables) if tables else pa.table({c: [] for c in columns})
 
 
-def to_tensors(table: pa.Table, max_length: int, shape: list[int] | None = None) -> SequenceData:
-    """Pad (or cut to the first `max_length`) token lists into one (N, T) tensor; or, with
-    `shape` [T, F], reshape the flat feature lists into (N, T, F)."""
-    labels = torch.from_numpy(table.column("label").to_numpy().astype(np.int64))
-    if shape is not None:
-        flat = table.column("features").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        features = torch.from_numpy(flat.astype(np.float32).reshape(len(labels), *shape))
-        return SequenceData(None, labels, table.column("id").to_pylist(), features)
-    tokens = table.column("tokens").combine_chunks()
+def column_tensor(table: pa.Table, spec: InputSpec, max_length: int) -> Tensor:
+    """One input column as a tensor: token lists padded (or cut to their first `max_length`) into
+    (N, T); fixed-shape lists reshaped into (N, *shape) in the stored dtype."""
+    column = table.column(spec.column).combine_chunks()
+    if spec.variable_length:
+        return pad_tokens(column, max_length)
+    flat = column.flatten().to_numpy(zero_copy_only=False)
+    return torch.from_numpy(np.ascontiguousarray(flat.astype(spec.dtype)).reshape(len(table), *spec.shape))
+
+
+def pad_tokens(tokens: pa.ListArray, max_length: int) -> Tensor:
+    """Token lists → one (N, T) int64 tensor, 0-padded, each cut to its first max_length."""
     lengths = np.minimum(np.diff(tokens.offsets.to_numpy()), max_length)
     flat = tokens.flatten().to_numpy(zero_copy_only=False)
     offsets = tokens.offsets.to_numpy()
@@ -85,16 +88,20 @@ def to_tensors(table: pa.Table, max_length: int, shape: list[int] | None = None)
     row = np.repeat(np.arange(len(lengths)), lengths)
     col = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     out[row, col] = flat[offsets[:-1][row] - offsets[0] + col]
-    return SequenceData(torch.from_numpy(out), labels, table.column("id").to_pylist())
+    return torch.from_numpy(out)
 
 
-def load_slice(root: str, split: str, rank: int, world: int, max_length: int,
-               manifest: dict[str, Any] | None = None) -> SequenceData:
+def to_tensors(table: pa.Table, spec: DatasetSpec, max_length: int) -> TensorData:
+    labels = torch.from_numpy(table.column("label").to_numpy().astype(np.int64))
+    inputs = {name: column_tensor(table, i, max_length) for name, i in spec.inputs.items()}
+    return TensorData(inputs, labels, table.column("id").to_pylist())
+
+
+def load_slice(spec: DatasetSpec, split: str, rank: int = 0, world: int = 1,
+               max_length: int = 10**9) -> TensorData:
     """This worker's slice of a split as tensors."""
-    manifest = manifest or read_manifest(root)
-    start, stop = slice_bounds(manifest["splits"][split]["rows"], rank, world)
-    return to_tensors(read_rows(root, split, start, stop, manifest), max_length,
-                      manifest["shapes"]["features"] if input_column(manifest) == "features" else None)
+    start, stop = slice_bounds(spec.split_rows[split], rank, world)
+    return to_tensors(read_rows(spec, split, start, stop), spec, max_length)
 
 
 def steps_per_epoch(n_rows: int, world: int, batch_size: int) -> int:
@@ -104,22 +111,22 @@ def steps_per_epoch(n_rows: int, world: int, batch_size: int) -> int:
     return max(1, -(-smallest // batch_size))
 
 
-def make_batch(data: SequenceData, idx: Tensor, device: torch.device) -> dict[str, Tensor]:
-    """A batch dict trimmed to its longest sequence: tokens (B, T) (or features (B, T, F)),
-    mask (B, T), label (B,)."""
-    if data.features is not None:  # fixed-length windows: every step is real
-        features = data.features[idx]
-        return {"features": features.to(device), "mask": torch.ones(features.shape[:2], dtype=torch.bool,
-                                                                       device=device),
-                "label": data.labels[idx].to(device)}
-    tokens = data.tokens[idx]
-    mask = tokens != 0
-    t = max(int(mask.sum(1).max()), 1)
-    tokens, mask = tokens[:, :t], mask[:, :t]
-    return {"tokens": tokens.to(device), "mask": mask.to(device), "label": data.labels[idx].to(device)}
+def make_batch(data: TensorData, idx: Tensor, device: torch.device) -> dict[str, Tensor]:
+    """A batch dict: each input's rows (tokens trimmed to the longest sequence, with their
+    mask (B, T); pixels as float32 in [0, 1]) and label (B,)."""
+    batch = {}
+    for name, x in data.inputs.items():
+        x = x[idx]
+        if name == "tokens":
+            mask = x != 0
+            t = max(int(mask.sum(1).max()), 1)
+            x, batch["mask"] = x[:, :t], mask[:, :t].to(device)
+        batch[name] = as_model_input(name, x).to(device)
+    batch["label"] = data.labels[idx].to(device)
+    return batch
 
 
-def batches(data: SequenceData, batch_size: int, device: torch.device, *, steps: int | None = None,
+def batches(data: TensorData, batch_size: int, device: torch.device, *, steps: int | None = None,
             shuffle: bool = False, seed: int = 0) -> Iterator[dict[str, Tensor]]:
     """Batches over the data once, or, when shuffling for training, exactly `steps` full
     batches of a seeded permutation (wrapping around) so every rank takes as many steps."""

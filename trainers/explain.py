@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from advorch.trainers.adversarial.base import classification_loss
+from advorch.trainers.adversarial.base import perturbed_forward
 from advorch.trainers.adversarial.perturb import attention_radius, sequence_radius
-from advorch.trainers.models.base import Batch
+from advorch.trainers.models.base import Batch, input_mask
+from advorch.trainers.tasks.base import Task
 
 
 @dataclass
@@ -37,18 +38,22 @@ def nearest_tokens(points: Tensor, table: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def _attention(model: nn.Module, batch: Batch, r: Tensor | float) -> Tensor:
-    return model(model.embed(batch) + r, batch).attention
+def _attention(model: nn.Module, batch: Batch, r: Tensor) -> Tensor:
+    (name,) = model.perturbable
+    return perturbed_forward(model, batch, {name: r}).attention
 
 
-def perturbations(model: nn.Module, batch: Batch, epsilon: float) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-    """(input e, clean attention α, {"at": r (eq. 2), "attention_at": r (eq. 11)}) at radius ε."""
+def perturbations(model: nn.Module, task: Task, batch: Batch,
+                  epsilon: float) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """(input e, clean attention α, {"at": r (eq. 2), "attention_at": r (eq. 11)}) at radius ε,
+    for a model with one sequence input."""
     model.eval()
-    e = model.embed(batch).detach().requires_grad_(True)
-    out = model(e, batch)
-    (g,) = torch.autograd.grad(classification_loss(out, batch), e)
+    (name,) = model.perturbable
+    e = model.embed(batch)[name].detach().requires_grad_(True)
+    out = model({name: e}, batch)
+    (g,) = torch.autograd.grad(task.loss(out, batch), e)
     alpha = out.attention.detach()
-    mask = batch["mask"]
+    mask = input_mask(model, name, batch)
     return e, alpha, {"at": sequence_radius(g, mask, epsilon),
                       "attention_at": attention_radius(g, alpha, mask, epsilon)}
 
@@ -58,9 +63,10 @@ def perturbed_attention(model: nn.Module, batch: Batch, i: int, r: Tensor) -> Te
     return _attention(model, {k: v[i:i + 1] for k, v in batch.items() if k != "unlabelled"}, r[i:i + 1])[0]
 
 
-def explain(model: nn.Module, batch: Batch, vocab: list[str], epsilon: float) -> list[Explanation]:
+def explain(model: nn.Module, task: Task, batch: Batch, vocab: list[str],
+            epsilon: float) -> list[Explanation]:
     """Explanations for every sequence of `batch` at radius ε."""
-    e, alpha, methods = perturbations(model, batch, epsilon)
+    e, alpha, methods = perturbations(model, task, batch, epsilon)
     mask = batch["mask"]
     table = model.embedding.weight.detach()
     result = []

@@ -12,6 +12,7 @@ from torch import nn
 
 from advorch.trainers.explain import perturbations, perturbed_attention
 from advorch.trainers.models.base import Batch
+from advorch.trainers.tasks.base import Task
 
 
 @dataclass
@@ -29,10 +30,10 @@ class SeriesExplanation:
         return 0.5 * float(np.abs(np.subtract(self.attention, self.perturbed_attention[name])).sum())
 
 
-def explain_series(model: nn.Module, batch: Batch, epsilon: float, ndvi_column: int,
+def explain_series(model: nn.Module, task: Task, batch: Batch, epsilon: float, ndvi_column: int,
                    class_means: np.ndarray) -> list[SeriesExplanation]:
     """Explanations for every sample of `batch` (features (B, T, F)); `class_means` (C, T) of NDVI."""
-    _, alpha, methods = perturbations(model, batch, epsilon)
+    _, alpha, methods = perturbations(model, task, batch, epsilon)
     out = []
     for i in range(len(batch["label"])):
         label = int(batch["label"][i])

@@ -117,31 +117,31 @@ def _follow(uri: str, seen: int, on_epoch: Callable[[dict[str, Any]], None]) -> 
 
 
 def test_metrics(cfg: ExperimentConfig, data: str,
-                 model_state: dict[str, Any]) -> tuple[dict[str, float], Any, Any]:
-    """test_* metrics of a trained state on the whole test split; returns (metrics, model, example)."""
+                 model_state: dict[str, Any]) -> tuple[dict[str, float], Any, Any, Any]:
+    """test_* metrics of a trained state on the whole test split; (metrics, model, task, example)."""
     import torch
 
-    from advorch.pipelines.shards import read_manifest
+    from advorch.pipelines.spec import read_spec
     from advorch.trainers.data import load_slice
-    from advorch.trainers.evaluate import evaluate
     from advorch.trainers.loop import build
 
-    manifest = read_manifest(data)
-    model, _ = build(cfg, manifest)
+    spec = read_spec(data)
+    model, task, _ = build(cfg, spec, init_weights=False)
     model.load_state_dict(model_state)
-    test = load_slice(data, "test", 0, 1, cfg.model.max_length, manifest)
-    device = torch.device("cpu")
-    return evaluate(model, test, 256, device, prefix="test_"), model, test.inputs[:4]
+    test = load_slice(spec, "test", 0, 1, cfg.model.max_length)
+    metrics = task.evaluate(model, test, 256, torch.device("cpu"), prefix="test_")
+    return metrics, model, task, test.serving_inputs(4)
 
 
 def train(cfg: ExperimentConfig, data: str | None = None, *, ray_address: str | None = None,
           mlflow_uri: str | None = None, track: bool = True,
           on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     """Fit on Ray, evaluate the best epoch on test, record everything in MLflow."""
-    from advorch.tuning import tracking
+    from advorch import tracking
 
     data = dataset_uri(data or cfg.data.output)
     manifest = read_dataset_manifest(data)
+    check_experiment(cfg, data)
     init_ray(ray_address)
     uri = run_id = None
     if track:
@@ -161,6 +161,22 @@ def dataset_uri(data: str) -> str:
     """A location as every process (and every node) must see it: URIs as they are, local
     paths absolute. Used for datasets, checkpoint storage and sweeps."""
     return data if "://" in data else str(Path(data).expanduser().absolute())
+
+
+def check_experiment(cfg: ExperimentConfig, data: str | None = None) -> None:
+    """Refuse, before Ray starts, an experiment that cannot run (trainers.adversarial.check).
+
+    Raises:
+        ConfigError: every problem, each naming the keys and the fix.
+    """
+    from advorch.config import ConfigError
+    from advorch.pipelines.spec import read_spec
+    from advorch.trainers.adversarial import check
+
+    spec = read_spec(data) if data is not None else None
+    problems = check(cfg, spec)
+    if problems:
+        raise ConfigError(f"experiment {cfg.name!r} cannot run:\n  " + "\n  ".join(problems))
 
 
 def read_dataset_manifest(data: str) -> dict[str, Any]:
@@ -184,14 +200,13 @@ def run_tags(cfg: ExperimentConfig, data: str) -> dict[str, str]:
 def finish(cfg: ExperimentConfig, data: str, manifest: dict[str, Any], result: Any,
            uri: str | None, run_id: str | None) -> TrainResult:
     """After a fit: test metrics of the best epoch, then (tracked) artifacts, model, run ended."""
+    from advorch import tracking
     from advorch.pipelines.shards import read_side_file
-    from advorch.trainers.models import Serving
-    from advorch.tuning import tracking
 
     if result.error:
         raise result.error
     saved = load_checkpoint_dir(result.checkpoint)
-    metrics, model, example = test_metrics(cfg, data, saved["state"]["best_model"])
+    metrics, model, task, example = test_metrics(cfg, data, saved["state"]["best_model"])
     metrics["best_epoch"] = saved["state"]["best_epoch"]
     metrics["best_" + cfg.train.metric] = saved["state"]["best_metric"]
     model_uri = None
@@ -203,7 +218,7 @@ def finish(cfg: ExperimentConfig, data: str, manifest: dict[str, Any], result: A
             tracking.log_text(uri, run_id, read_side_file(data, "vocab.json", manifest).decode(),
                               "dataset/vocab.json")
         if cfg.mlflow.log_model:
-            model_uri = tracking.log_model(uri, run_id, Serving(model.eval()), example.numpy(),
+            model_uri = tracking.log_model(uri, run_id, task.serving(model.eval()), example.numpy(),
                                            {"classes.json": manifest["classes"]})
             tracking.set_tag(uri, run_id, "advorch.model_uri", model_uri)
         tracking.end_run(uri, run_id)

@@ -1,6 +1,6 @@
 """The one training step and loop, and their Ray Train wiring.
 
-`train_step` serves every model × regime. `train_worker` is the Ray Train worker
+`train_step` serves every model × task × regime. `train_worker` is the Ray Train worker
 function: plain PyTorch plus `ray.train` calls for context, checkpoint and report
 (Ray's own examples' shape); it takes a flat dict so Ray Tune can sweep it.
 """
@@ -17,28 +17,33 @@ import torch
 from torch import nn
 
 from advorch.config import ExperimentConfig
-from advorch.pipelines.shards import read_manifest
+from advorch.pipelines.spec import DatasetSpec, read_spec
 from advorch.trainers import device as dev
 from advorch.trainers.adversarial import Regime, build_regime
-from advorch.trainers.data import SequenceData, batches, load_slice, steps_per_epoch
-from advorch.trainers.evaluate import evaluate
+from advorch.trainers.data import TensorData, batches, load_slice, steps_per_epoch
 from advorch.trainers.models import build_model
+from advorch.trainers.tasks import Task, build_task
 
 CHECKPOINT_FILE = "state.pt"
 
 
-def train_step(model: nn.Module, regime: Regime, optimizer: torch.optim.Optimizer,
-               batch: dict[str, torch.Tensor], grad_clip: float = 0.0) -> dict[str, float]:
-    """One optimisation step: the regime's gradients, averaged over ranks, clipped, applied."""
+def train_step(model: nn.Module, task: Task, regime: Regime, optimizer: torch.optim.Optimizer,
+               batch: dict[str, torch.Tensor], grad_clip: float = 0.0, amp: bool = False) -> dict[str, float]:
+    """One optimisation step: the regime's gradients, averaged over ranks, clipped, applied.
+
+    `amp` runs the forward passes in bfloat16 autocast (CUDA only; no loss scaling needed).
+    """
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    terms = regime.backward(model, batch)
+    device = next(model.parameters()).device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+        terms = regime.backward(model, task, batch)
     dev.average_gradients(model)
     if grad_clip:
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
-    correct = (terms.pop("logits").argmax(1) == batch["label"]).sum()
-    return {**{k: float(v) for k, v in terms.items()}, "correct": float(correct)}
+    scores = terms.pop("scores")
+    return {k: float(v) for k, v in {**terms, **task.train_metrics(scores, batch)}.items()}
 
 
 def is_better(value: float, best: float | None, metric: str) -> bool:
@@ -47,44 +52,15 @@ def is_better(value: float, best: float | None, metric: str) -> bool:
     return value < best if metric.endswith("loss") else value > best
 
 
-def build(cfg: ExperimentConfig, manifest: dict[str, Any],
-          data: str | None = None) -> tuple[nn.Module, Regime]:
-    """Model and regime for a dataset, seeded so every rank builds the same weights.
+def build(cfg: ExperimentConfig, spec: DatasetSpec, init_weights: bool = True
+          ) -> tuple[nn.Module, Task, Regime]:
+    """Model, task and regime for a dataset, seeded so every rank builds the same weights.
 
-    The embedding starts from the dataset's own vectors (the clickstream pipeline's
-    Word2Vec page embeddings, side file embeddings.npy) unless model.init_embeddings is
-    "random"; with model.pretrained_vectors set, from that word2vec/GloVe file instead
-    (the dataset's vocabulary side file maps tokens to ids).
+    `init_weights` loads the initial embeddings the config asks for (the dataset's own
+    vectors, or model.pretrained_vectors); a model about to load a trained state skips it.
     """
     torch.manual_seed(cfg.train.seed)
-    features = manifest.get("shapes", {}).get("features")  # [T, F]: feature sequences, no vocabulary
-    stats = manifest.get("feature_stats")
-    model = build_model(cfg.model, manifest.get("vocab_size", 0), len(manifest["classes"]),
-                        input_dim=features[1] if features else None,
-                        input_stats=(torch.tensor(stats["mean"]), torch.tensor(stats["std"])) if stats
-                        else None)
-    if data is None or features:
-        return model, build_regime(cfg.regime)
-    import json
-
-    from advorch.pipelines.shards import read_side_file
-    from advorch.trainers.models.pretrained import load_dataset_vectors, load_word_vectors
-
-    if cfg.model.pretrained_vectors:
-        vocab = json.loads(read_side_file(data, "vocab.json", manifest))
-        weights, _ = load_word_vectors(cfg.model.pretrained_vectors, vocab, cfg.model.embedding_dim,
-                                       init=model.embedding.weight.data)
-        model.embedding.weight.data.copy_(weights)
-    elif cfg.model.init_embeddings == "dataset" and "embeddings.npy" in manifest.get("side_files", {}):
-        model.embedding.weight.data.copy_(load_dataset_vectors(data, manifest, cfg.model.embedding_dim))
-    return model, build_regime(cfg.regime)
-
-
-def class_weights(manifest: dict[str, Any]) -> torch.Tensor:
-    """n / (k · n_c) per class c over the train split ("balanced"), for a skewed label."""
-    counts = torch.tensor([manifest["splits"]["train"]["classes"].get(c, 0) for c in manifest["classes"]],
-                          dtype=torch.float32)
-    return counts.sum() / (len(counts) * counts.clamp_min(1))
+    return build_model(cfg.model, spec, init_weights), build_task(cfg, spec), build_regime(cfg.regime)
 
 
 def make_optimizer(cfg: ExperimentConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -95,20 +71,20 @@ def make_optimizer(cfg: ExperimentConfig, model: nn.Module) -> torch.optim.Optim
 
 @dataclass
 class Worker:
-    """What one rank trains with: its slices of the shards, model, regime, optimizer, state."""
+    """What one rank trains with: its slices of the shards, model, task, regime, optimizer, state."""
 
     cfg: ExperimentConfig
     model: nn.Module
+    task: Task
     regime: Regime
     optimizer: torch.optim.Optimizer
-    train: SequenceData
-    val: SequenceData
-    unlabelled: SequenceData | None
+    train: TensorData
+    val: TensorData
+    unlabelled: TensorData | None
     steps: int
     device: torch.device
     rank: int = 0
     world: int = 1
-    class_weight: torch.Tensor | None = None
     state: dict[str, Any] = field(default_factory=lambda: {
         "epoch": -1, "best_metric": None, "best_epoch": -1, "bad_epochs": 0, "best_model": None})
 
@@ -117,16 +93,16 @@ def setup_worker(cfg: ExperimentConfig, data: str, rank: int = 0, world: int = 1
                  device: torch.device | None = None) -> Worker:
     """Read this rank's slices and build model, regime and optimizer (same weights on every rank)."""
     device = device or torch.device("cpu")
-    manifest = read_manifest(data)
-    load = lambda split: load_slice(data, split, rank, world, cfg.model.max_length, manifest)  # noqa: E731
-    model, regime = build(cfg, manifest, data)
+    spec = read_spec(data)
+    load = lambda split: load_slice(spec, split, rank, world, cfg.model.max_length)  # noqa: E731
+    model, task, regime = build(cfg, spec)
     model.to(device)
     return Worker(
-        cfg, model, regime, make_optimizer(cfg, model), load("train"), load("val"),
+        cfg, model, task.to(device), regime, make_optimizer(cfg, model), load("train"), load("val"),
         # the paper's transductive setting (§3.1): VAT also sees the test inputs, never their labels
         load("test") if cfg.regime.transductive else None,
-        steps_per_epoch(manifest["splits"]["train"]["rows"], world, cfg.train.batch_size),
-        device, rank, world, class_weights(manifest).to(device) if cfg.train.class_weights else None)
+        steps_per_epoch(spec.split_rows["train"], world, cfg.train.batch_size),
+        device, rank, world)
 
 
 def train_epoch(w: Worker, epoch: int) -> dict[str, float]:
@@ -141,17 +117,16 @@ def train_epoch(w: Worker, epoch: int) -> dict[str, float]:
     extra = (batches(w.unlabelled, cfg.train.batch_size, w.device, steps=w.steps, shuffle=True, seed=seed + 7)
              if w.unlabelled is not None else None)
     for batch in batches(w.train, cfg.train.batch_size, w.device, steps=w.steps, shuffle=True, seed=seed):
-        if w.class_weight is not None:
-            batch["class_weight"] = w.class_weight
         if extra is not None:
             batch["unlabelled"] = {k: v for k, v in next(extra).items() if k != "label"}
-        for k, v in train_step(w.model, w.regime, w.optimizer, batch, cfg.train.grad_clip).items():
+        for k, v in train_step(w.model, w.task, w.regime, w.optimizer, batch, cfg.train.grad_clip,
+                               cfg.train.amp).items():
             sums[k] = sums.get(k, 0.0) + v
     keys = sorted(sums)
     totals = dict(zip(keys, dev.all_sum([sums[k] for k in keys], w.device), strict=True))
-    metrics = {f"train_{k}": totals[k] / (w.steps * w.world) for k in keys if k != "correct"}
-    metrics["train_accuracy"] = totals["correct"] / (w.steps * cfg.train.batch_size * w.world)
-    metrics.update(evaluate(w.model, w.val, cfg.train.batch_size * 4, w.device, prefix="val_"))
+    # every step is a full batch on every rank: the mean of batch means is the epoch's mean
+    metrics = {f"train_{k}": totals[k] / (w.steps * w.world) for k in keys}
+    metrics.update(w.task.evaluate(w.model, w.val, cfg.train.batch_size * 4, w.device, prefix="val_"))
     metrics["epoch_seconds"] = time.perf_counter() - t0
 
     state, value = w.state, metrics[cfg.train.metric]
@@ -211,7 +186,7 @@ def train_worker(config: dict[str, Any]) -> None:
                 save_state(w, tmp)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
                 if config.get("run_id"):
-                    from advorch.tuning import tracking
+                    from advorch import tracking
 
                     tracking.log_metrics(config["tracking_uri"], config["run_id"],
                                          {k: v for k, v in metrics.items() if v is not None}, step=epoch)

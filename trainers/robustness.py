@@ -1,8 +1,13 @@
-"""Robustness: the test metrics under attack, over a grid of ε.
+"""Robustness: the test metrics under attack, over a grid of ε, white-box or transferred.
 
-Attacks act on the embedded input, never on token ids:
-    at   one step along the loss gradient, ‖r‖₂ = ε per sample (Jia et al. eq. 2)
-    pgd  k projected steps in the same per-sample ε-ball (adversarial/pgd.py)
+Attacks act on the perturbable inputs (embeddings, features, pixels), never on token ids:
+    at        one step along the loss gradient, ‖r‖₂ = ε per sample (Jia et al. eq. 2)
+    fgsm      one step ε·sign(∇_x L), ‖r‖∞ = ε (Goodfellow et al. 2015)
+    pgd       k projected steps in the per-sample L2 ε-ball (adversarial/pgd.py)
+    pgd_linf  k projected sign steps in the L∞ ε-box
+Pixels stay in [0, 1]. A transferred attack is crafted on another model (the source) and
+evaluated on this one: only inputs that are the data itself (pixels, features) transfer;
+embeddings are each model's own.
 """
 
 from __future__ import annotations
@@ -12,50 +17,67 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from advorch.trainers.adversarial.base import classification_loss
-from advorch.trainers.adversarial.perturb import sequence_radius
+from advorch.trainers.adversarial.perturb import radius, within
 from advorch.trainers.adversarial.pgd import pgd_attack
-from advorch.trainers.data import SequenceData, batches
-from advorch.trainers.evaluate import metrics
-from advorch.trainers.models.base import Batch
+from advorch.trainers.data import TensorData
+from advorch.trainers.models.base import Batch, Inputs, input_mask
+from advorch.trainers.tasks.base import Task
 
-ATTACKS = ("at", "pgd")
+ATTACKS = ("at", "fgsm", "pgd", "pgd_linf")
 
 
-def attack(model: nn.Module, batch: Batch, name: str, epsilon: float, steps: int = 10,
-           step_size: float | None = None) -> torch.Tensor:
-    """The perturbation r (B, T, D) of attack `name` at radius ε.
+def attack(model: nn.Module, task: Task, batch: Batch, name: str, epsilon: float, steps: int = 10,
+           step_size: float | None = None) -> Inputs:
+    """The perturbation per input of attack `name` at radius ε, on `model`.
 
     PGD's step defaults to 2.5·ε/steps (Madry et al.), so it can cross the ball and back.
     """
-    e = model.embed(batch).detach()
-    if name == "at":
-        e.requires_grad_(True)
-        (g,) = torch.autograd.grad(classification_loss(model(e, batch), batch), e)
-        return sequence_radius(g, batch["mask"], epsilon)
-    if name == "pgd":
-        return pgd_attack(model, batch, e, epsilon, steps, step_size or 2.5 / steps)
+    inputs = {k: v.detach() for k, v in model.embed(batch).items()}
+    if name in ("at", "fgsm"):
+        x = {k: v.requires_grad_(True) for k, v in inputs.items()}
+        g = torch.autograd.grad(task.loss(model(x, batch), batch), list(x.values()))
+        norm = "linf" if name == "fgsm" else "l2"
+        return {k: within(inputs[k], radius(gk, input_mask(model, k, batch), epsilon, norm=norm),
+                          model.perturbable[k].bounds) for k, gk in zip(x, g, strict=True)}
+    if name in ("pgd", "pgd_linf"):
+        return pgd_attack(model, task, batch, inputs, epsilon, steps, step_size or 2.5 / steps,
+                          norm="linf" if name == "pgd_linf" else "l2")
     raise ValueError(f"unknown attack {name!r}; known: {', '.join(ATTACKS)}")
 
 
-def robustness(model: nn.Module, data: SequenceData, attacks: Sequence[str], epsilons: Sequence[float],
-               batch_size: int = 256, steps: int = 10, step_size: float | None = None,
-               device: torch.device | None = None) -> list[dict[str, float | str]]:
-    """Rows {attack, epsilon, accuracy[, auc], loss} for the clean input (ε = 0) and each attack × ε."""
+def transferable(model: nn.Module) -> bool:
+    """Whether a perturbation made on another model means the same on this one (raw inputs only)."""
+    return all(p.raw for p in model.perturbable.values())
+
+
+def robustness(model: nn.Module, task: Task, data: TensorData, attacks: Sequence[str],
+               epsilons: Sequence[float], batch_size: int = 256, steps: int = 10,
+               step_size: float | None = None, device: torch.device | None = None,
+               source: nn.Module | None = None) -> list[dict[str, float | str]]:
+    """Rows {attack, epsilon, accuracy[, auc], loss} for the clean input (ε = 0) and each attack × ε.
+
+    With `source`, the attack is crafted on that model (a transfer attack) and evaluated on this one.
+
+    Raises:
+        ValueError: a transfer between models whose inputs are their own embeddings.
+    """
     device = device or torch.device("cpu")
+    crafter = source if source is not None else model
+    if source is not None and not (transferable(model) and transferable(source)):
+        raise ValueError("transfer attacks need inputs both models read as they are (pixels, features); "
+                         "these models perturb their own embeddings")
     model.eval()  # no dropout: the attack sees the deployed model
+    crafter.eval()
     rows = []
     for name, eps in [("clean", 0.0)] + [(a, e) for a in attacks for e in epsilons]:
-        probs = []
-        for b in batches(data, batch_size, device):
-            r = attack(model, b, name, eps, steps, step_size) if name != "clean" else 0.0
-            with torch.no_grad():
-                probs.append(torch.softmax(model(model.embed(b) + r, b).logits, -1))
-        rows.append({"attack": name, "epsilon": eps, **metrics(torch.cat(probs), data.labels)})
+        perturb = None if name == "clean" else (
+            lambda b, name=name, eps=eps: attack(crafter, task, b, name, eps, steps, step_size))
+        rows.append({"attack": name, "epsilon": eps,
+                     **task.evaluate(model, data, batch_size, device, perturb=perturb)})
     return rows
 
 
-def plot(rows: list[dict], path: str, metric: str = "accuracy") -> None:
+def plot(rows: list[dict], path: str, metric: str = "accuracy", xlabel: str = "ε") -> None:
     """Metric vs ε per attack, as a PNG."""
     import matplotlib
 
@@ -67,7 +89,7 @@ def plot(rows: list[dict], path: str, metric: str = "accuracy") -> None:
     for name in sorted({r["attack"] for r in rows} - {"clean"}):
         pts = sorted((r["epsilon"], r[metric]) for r in rows if r["attack"] == name)
         ax.plot([0.0] + [p[0] for p in pts], [clean] + [p[1] for p in pts], marker="o", label=name)
-    ax.set_xlabel("ε (L2 radius on the embeddings)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(f"test {metric}")
     ax.grid(alpha=0.3)
     ax.legend()

@@ -1,6 +1,7 @@
 """MLflow model registry: register a run's model, list, set aliases, predict by alias.
 
-A registered advorch model is the logged `Serving` module (token ids → probabilities);
+A registered advorch model is the logged serving module of its task (the model's input →
+class probabilities);
 its run's artifacts hold the vocabulary and config needed to turn text into ids.
 """
 
@@ -12,46 +13,27 @@ from typing import Any
 
 import fsspec
 
-from advorch.tuning import tracking
-
-
-def _client(uri: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
+from advorch import tracking
 
 
 def register(uri: str, run_id: str, name: str, alias: str | None = "candidate") -> int:
     """Register the run's logged model under `name` (alias optional); return the version."""
-    import mlflow
-
     tags = tracking.run_tags(uri, run_id)
     if "advorch.model_uri" not in tags:
         raise LookupError(f"run {run_id} has no logged model (trained with mlflow.log_model = false)")
-    mlflow.set_tracking_uri(uri)
-    mv = mlflow.register_model(tags["advorch.model_uri"], name, tags={"advorch.run_id": run_id})
+    version = tracking.register_model(uri, tags["advorch.model_uri"], name, {"advorch.run_id": run_id})
     if alias:
-        _client(uri).set_registered_model_alias(name, alias, mv.version)
-    return int(mv.version)
+        tracking.set_alias(uri, name, alias, version)
+    return version
 
 
 def promote(uri: str, name: str, version: int, alias: str) -> None:
-    _client(uri).set_registered_model_alias(name, alias, str(version))
+    tracking.set_alias(uri, name, alias, version)
 
 
 def list_models(uri: str) -> list[dict[str, Any]]:
     """One row per registered version: name, version, aliases, run id, status."""
-    client = _client(uri)
-    rows = []
-    for model in client.search_registered_models():
-        aliases: dict[str, list[str]] = {}
-        for alias, version in (model.aliases or {}).items():
-            aliases.setdefault(str(version), []).append(alias)
-        for mv in client.search_model_versions(f"name = '{model.name}'"):
-            rows.append({"name": model.name, "version": int(mv.version),
-                         "aliases": sorted(aliases.get(str(mv.version), [])),
-                         "run_id": mv.run_id or mv.tags.get("advorch.run_id", ""), "status": mv.status})
-    return sorted(rows, key=lambda r: (r["name"], -r["version"]))
+    return sorted(tracking.model_versions(uri), key=lambda r: (r["name"], -r["version"]))
 
 
 @dataclass
@@ -65,28 +47,25 @@ def predict(uri: str, model_ref: str, source: str, split: str = "test", limit: i
             ) -> list[Prediction]:
     """Predict with `models:/NAME@ALIAS` (or NAME@ALIAS) on a shard folder's split or a text
     file of sentences (one per line, UTF-8)."""
-    import mlflow
     import torch
 
     from advorch.config import ExperimentConfig
     from advorch.pipelines.shards import read_manifest
+    from advorch.pipelines.spec import read_spec
     from advorch.pipelines.text import OOV, tokenize
     from advorch.trainers.data import load_slice
 
     ref = model_ref if model_ref.startswith("models:/") else f"models:/{model_ref}"
     name, _, alias = ref.removeprefix("models:/").partition("@")
-    client = _client(uri)
-    mv = client.get_model_version_by_alias(name, alias) if alias else None
-    if mv is None:
+    if not alias:
         raise LookupError(f"{model_ref}: name a version by alias, e.g. {name}@candidate")
-    run_id = mv.run_id or mv.tags.get("advorch.run_id")
-    mlflow.set_tracking_uri(uri)
-    model = mlflow.pytorch.load_model(ref, map_location="cpu").eval()
+    run_id = tracking.version_run_id(uri, name, alias)
+    model = tracking.load_model(uri, ref).eval()
     cfg = ExperimentConfig.model_validate(tracking.load_artifact_dict(uri, run_id, "config.json"))
     classes = tracking.load_artifact_dict(uri, run_id, "dataset/manifest.json")["classes"]
     if read_manifest(source) is not None:  # a shard folder or URI
-        data = load_slice(source, split, 0, 1, cfg.model.max_length)
-        tokens, texts = data.tokens, data.ids
+        data = load_slice(read_spec(source), split, 0, 1, cfg.model.max_length)
+        tokens, texts = data.serving_inputs(), data.ids
     else:
         words = tracking.load_artifact_dict(uri, run_id, "dataset/vocab.json")
         vocab = {t: i for i, t in enumerate(words)}

@@ -24,9 +24,17 @@ from typing import Any
 
 from ray.tune import Callback
 
+from advorch import tracking
 from advorch.config import ExperimentConfig, SpaceSpec
-from advorch.trainers.launch import dataset_uri, finish, fit, init_ray, read_dataset_manifest, run_params
-from advorch.tuning import tracking
+from advorch.trainers.launch import (
+    check_experiment,
+    dataset_uri,
+    finish,
+    fit,
+    init_ray,
+    read_dataset_manifest,
+    run_params,
+)
 
 STATE_FILE = "advorch-sweep.json"
 TRIAL_CPU = 0.01  # the trial only waits on its Train workers; with_resources rejects 0
@@ -153,6 +161,22 @@ def _resume(cfg: ExperimentConfig) -> tuple[str, dict[str, Any]]:
                      "start one without --resume")
 
 
+def check_space(cfg: ExperimentConfig, data: str) -> None:
+    """Refuse a sweep whose config, or the first point of its space, cannot run (before Ray).
+
+    Raises:
+        SweepError: the problems, each naming the keys and the fix.
+    """
+    from advorch.config import ConfigError
+
+    first = {k: (spec.grid or spec.choice or spec.uniform or spec.loguniform or spec.randint)[0]
+             for k, spec in cfg.tune.space.items()}
+    try:
+        check_experiment(cfg.with_values(first) if first else cfg, data)
+    except ConfigError as e:
+        raise SweepError(str(e)) from None
+
+
 def sweep(cfg: ExperimentConfig, data: str | None = None, *, ray_address: str | None = None,
           mlflow_uri: str | None = None, resume: bool = False,
           on_trial: Callable[[dict[str, Any]], None] | None = None) -> SweepResult:
@@ -164,6 +188,8 @@ def sweep(cfg: ExperimentConfig, data: str | None = None, *, ray_address: str | 
     """
     from ray import tune
 
+    if not resume:
+        check_space(cfg, dataset_uri(data or cfg.data.output))
     sweep_dir, state = _resume(cfg) if resume else _start(cfg, data, mlflow_uri)
     cfg = ExperimentConfig.model_validate(state["config"])
     uri, parent = state["tracking_uri"], state["parent_run_id"]

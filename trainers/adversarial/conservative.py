@@ -22,22 +22,25 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from advorch.trainers.adversarial.base import CleanPass
 from advorch.trainers.adversarial.perturb import attention_similarity
-from advorch.trainers.models.base import Batch
 
 
-def similarity_gradient(model: nn.Module, batch: Batch, r0: Tensor, alpha: Tensor) -> Tensor:
-    """∇_r of the batch-mean R(α, α_adv(e + r)) at r = r0 (B, T, D); no parameter gradient.
+def similarity_gradient(cp: CleanPass, name: str, r0: Tensor) -> Tensor:
+    """∇_r of the batch-mean R(α, α_adv(x + r)) at r = r0 for input `name`; no parameter gradient.
 
     The parameters are frozen for this pass so that autograd neither records nor computes
     their gradients: the backward does the input-gradient half of the work only.
     """
     r = r0.detach().requires_grad_(True)
+    model, batch = cp.model, cp.batch
     with frozen(model):
-        out = model(model.embed(batch).detach() + r, batch)
+        inputs = {k: v.detach() for k, v in model.embed(batch).items()}
+        inputs[name] = inputs[name] + r
+        out = model(inputs, batch)
         if out.attention is None:
             raise ValueError("Conservative AT needs a model with attention (model.name = lstm_attention)")
-        objective = attention_similarity(alpha.detach(), out.attention, batch["mask"]).mean()
+        objective = attention_similarity(cp.attention, out.attention, cp.mask(name)).mean()
         (g,) = torch.autograd.grad(objective, r)
     return g
 

@@ -13,7 +13,7 @@ from torch import Tensor
 from advorch.trainers.adversarial.perturb import attention_similarity, select_top
 
 
-def filtered_mean(per_sample: Tensor, alpha: Tensor | None, alpha_adv: Tensor | None, mask: Tensor,
+def filtered_mean(per_sample: Tensor, alpha: Tensor | None, alpha_adv: Tensor | None, mask: Tensor | None,
                   keep_ratio: float) -> tuple[Tensor, Tensor]:
     """(mean loss over the kept samples, kept mask (B,)); keeps all when keep_ratio = 1
     or the model has no attention."""

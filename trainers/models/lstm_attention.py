@@ -11,11 +11,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from advorch.trainers.models.base import Batch, Output
+from advorch.trainers.models.base import Batch, Inputs, Output, Perturbable, native_rnn
 
 
 class LSTMAttention(nn.Module):
     """Embedding → dropout → LSTM → attention pooling (or last state) → linear.
+
+    One perturbable input: "tokens" (the (B, T, D) embeddings of the token ids, masked by
+    batch["mask"]) or, for feature sequences, "features" (the standardised (B, T, F) values;
+    fixed-length windows have no mask).
 
     Args:
         vocab_size: number of token ids (0 = padding, 1 = OOV).
@@ -51,15 +55,27 @@ class LSTMAttention(nn.Module):
         self.v = nn.Parameter(torch.randn(width) / width**0.5) if attention else None
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(width, num_classes)  # W_y
+        self.input_name = "features" if input_dim else "tokens"
+        self.perturbable = {self.input_name: Perturbable(mask=None if input_dim else "mask",
+                                                         raw=bool(input_dim))}
 
-    def embed(self, batch: Batch) -> Tensor:
-        """Token ids (B, T) → embeddings (B, T, D), or the features (B, T, F): the perturbable input."""
+    def embed(self, batch: Batch) -> Inputs:
+        """Token ids (B, T) → {"tokens": embeddings (B, T, D)}, or {"features": standardised (B, T, F)}."""
         if self.embedding is None:
-            return (batch["features"] - self.input_mean) / self.input_std
-        return self.embedding(batch["tokens"])
+            return {"features": (batch["features"] - self.input_mean) / self.input_std}
+        return {"tokens": self.embedding(batch["tokens"])}
 
-    def forward(self, e: Tensor, batch: Batch) -> Output:
-        mask = batch["mask"]  # (B, T)
+    def serving_batch(self, inputs: Tensor) -> Batch:
+        """The batch of a serving call: token ids (B, T) 0-padded, or features (B, T, F)."""
+        if self.embedding is None:
+            return {"features": inputs}
+        return {"tokens": inputs, "mask": inputs != 0}
+
+    def forward(self, inputs: Inputs, batch: Batch) -> Output:
+        e = inputs[self.input_name]
+        mask = batch.get("mask")  # (B, T); feature windows have none: every step is real
+        if mask is None:
+            mask = torch.ones(e.shape[:2], dtype=torch.bool, device=e.device)
         h = self._hidden(self.drop(e), mask)  # (B, T, H)
         if self.attention:
             scores = (h @ self.v).masked_fill(~mask, float("-inf"))  # (B, T), eq. 8
@@ -72,31 +88,15 @@ class LSTMAttention(nn.Module):
             if self.lstm.bidirectional:  # the backward direction has read everything at step 0
                 half = h.size(-1) // 2
                 pooled = torch.cat([pooled[:, :half], h[:, 0, half:]], dim=-1)
-        return Output(logits=self.out(self.drop(pooled)), attention=alpha, hidden=h)
+        return Output(self.out(self.drop(pooled)), attention=alpha, hidden={"lstm": h, "pooled": pooled})
 
     def _hidden(self, e: Tensor, mask: Tensor) -> Tensor:
         """LSTM states; one-way, steps after the end never reach earlier ones. A backward pass
         would start on the padding, so a bidirectional LSTM reads packed real steps only."""
-        if not self.lstm.bidirectional:
-            return self.lstm(e)[0]
-        lengths = mask.sum(1).clamp(min=1).cpu()
-        packed = nn.utils.rnn.pack_padded_sequence(e, lengths, batch_first=True, enforce_sorted=False)
-        return nn.utils.rnn.pad_packed_sequence(self.lstm(packed)[0], batch_first=True,
-                                                total_length=e.size(1))[0]
-
-
-class Serving(nn.Module):
-    """Token ids (B, T) int64, 0-padded, or features (B, T, F) float32 → class probabilities
-    (B, C): the logged model."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, inputs: Tensor) -> Tensor:
-        if inputs.is_floating_point():
-            batch = {"features": inputs, "mask": torch.ones(inputs.shape[:2], dtype=torch.bool,
-                                                            device=inputs.device)}
-        else:
-            batch = {"tokens": inputs, "mask": inputs != 0}
-        return torch.softmax(self.model(self.model.embed(batch), batch).logits, dim=-1)
+        with native_rnn(e):
+            if not self.lstm.bidirectional:
+                return self.lstm(e)[0]
+            lengths = mask.sum(1).clamp(min=1).cpu()
+            packed = nn.utils.rnn.pack_padded_sequence(e, lengths, batch_first=True, enforce_sorted=False)
+            return nn.utils.rnn.pad_packed_sequence(self.lstm(packed)[0], batch_first=True,
+                                                    total_length=e.size(1))[0]

@@ -1,4 +1,4 @@
-"""Every MLflow call of advorch goes through this module.
+"""Every MLflow call of advorch goes through this module: trainers, tuning and the registry.
 
 Default store: sqlite under ./mlruns (so the model registry works), artifacts
 beside it; `--mlflow-uri` / MLFLOW_TRACKING_URI point at a server instead.
@@ -168,3 +168,36 @@ def load_model(uri: str, model_uri: str) -> Any:
 
     mlflow.set_tracking_uri(uri)
     return mlflow.pytorch.load_model(model_uri, map_location="cpu")
+
+
+def register_model(uri: str, model_uri: str, name: str, tags: dict[str, str]) -> int:
+    """Register a logged model as a new version of `name`; return the version."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return int(mlflow.register_model(model_uri, name, tags=tags).version)
+
+
+def set_alias(uri: str, name: str, alias: str, version: int | str) -> None:
+    _client(uri).set_registered_model_alias(name, alias, str(version))
+
+
+def model_versions(uri: str) -> list[dict[str, Any]]:
+    """Every registered version: name, version, aliases, run id, status."""
+    client = _client(uri)
+    rows = []
+    for model in client.search_registered_models():
+        aliases: dict[str, list[str]] = {}
+        for alias, version in (model.aliases or {}).items():
+            aliases.setdefault(str(version), []).append(alias)
+        for mv in client.search_model_versions(f"name = '{model.name}'"):
+            rows.append({"name": model.name, "version": int(mv.version),
+                         "aliases": sorted(aliases.get(str(mv.version), [])),
+                         "run_id": mv.run_id or mv.tags.get("advorch.run_id", ""), "status": mv.status})
+    return rows
+
+
+def version_run_id(uri: str, name: str, alias: str) -> str:
+    """The training run of the version `name@alias`."""
+    mv = _client(uri).get_model_version_by_alias(name, alias)
+    return mv.run_id or mv.tags.get("advorch.run_id")
