@@ -40,12 +40,13 @@ BASE = ["mlflow.log_model=false", 'mlflow.experiment="modis-sits"']
 def random_forest(data: str, seed: int) -> float:
     from sklearn.ensemble import RandomForestClassifier
 
+    from advorch.pipelines.spec import read_spec
     from advorch.trainers.data import load_slice
 
-    train, test = (load_slice(data, s, 0, 1, 1000) for s in ("train", "test"))
+    train, test = (load_slice(read_spec(data), s, 0, 1, 1000) for s in ("train", "test"))
     rf = RandomForestClassifier(n_estimators=300, random_state=seed, n_jobs=2)
-    rf.fit(train.features.flatten(1).numpy(), train.labels.numpy())
-    return float((rf.predict(test.features.flatten(1).numpy()) == test.labels.numpy()).mean())
+    rf.fit(train.inputs["features"].flatten(1).numpy(), train.labels.numpy())
+    return float((rf.predict(test.inputs["features"].flatten(1).numpy()) == test.labels.numpy()).mean())
 
 
 def main() -> None:

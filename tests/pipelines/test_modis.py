@@ -344,22 +344,24 @@ def test_sequence_regimes_train_on_feature_windows(built: Path, regime: list[str
     import torch
 
     from advorch.trainers.loop import setup_worker, train_epoch
-    from advorch.trainers.models import Serving
+    from advorch.trainers.tasks.classification import Serving
 
     cfg = config(built, "model.hidden_dim=16", "train.batch_size=128", *regime)
     w = setup_worker(cfg, str(built))
-    assert w.train.features.shape[1:] == (22, 12) and w.model.embedding is None
+    features = w.train.inputs["features"]
+    assert features.shape[1:] == (22, 12) and w.model.embedding is None
+    assert w.model.perturbable["features"].mask is None  # fixed-length windows: no padding, no mask
     # the model standardises its input with the train split's statistics
     stats = read_manifest(str(built))["feature_stats"]
-    batch = {"features": w.train.features[:4], "mask": torch.ones(4, 22, dtype=torch.bool)}
-    z = w.model.embed(batch)
-    np.testing.assert_allclose(z[0, 0].numpy(), (w.train.features[0, 0].numpy() - stats["mean"])
+    batch = {"features": features[:4]}
+    z = w.model.embed(batch)["features"]
+    np.testing.assert_allclose(z[0, 0].numpy(), (features[0, 0].numpy() - stats["mean"])
                                / np.array(stats["std"]), rtol=1e-4, atol=1e-5)
     before = [p.detach().clone() for p in w.model.parameters()]
     metrics = train_epoch(w, 0)
     assert np.isfinite(metrics["train_loss"]) and 0.0 <= metrics["val_accuracy"] <= 1.0
     assert any(not torch.equal(a, b) for a, b in zip(before, w.model.parameters(), strict=True))
-    probs = Serving(w.model).eval()(w.train.features[:3])  # the logged model takes raw features
+    probs = Serving(w.model).eval()(features[:3])  # the logged model takes raw features
     assert probs.shape == (3, 9) and torch.allclose(probs.sum(1), torch.ones(3))
 
 
@@ -416,12 +418,13 @@ def test_series_explanation_fig4(built: Path, tmp_path: Path) -> None:
         train_epoch(w, epoch)
     m = read_manifest(str(built))
     col = m["feature_names"].index("ndvi@0")
-    means = class_mean_ndvi(w.train.features, w.train.labels, col, len(m["classes"]))
+    features = w.train.inputs["features"]
+    means = class_mean_ndvi(features, w.train.labels, col, len(m["classes"]))
     batch = make_batch(w.train, torch.arange(3), torch.device("cpu"))
-    items = explain_series(w.model, batch, 1.0, col, means)
+    items = explain_series(w.model, w.task, batch, 1.0, col, means)
     for i, x in enumerate(items):
-        assert x.ndvi == w.train.features[i, :, col].tolist()  # the raw NDVI of the sample
-        same_class = w.train.features[w.train.labels == x.label]
+        assert x.ndvi == features[i, :, col].tolist()  # the raw NDVI of the sample
+        same_class = features[w.train.labels == x.label]
         assert x.class_mean == pytest.approx(same_class[:, :, col].mean(0).tolist())
         assert sum(x.attention) == pytest.approx(1.0, abs=1e-5)
         assert set(x.perturbed_attention) == {"at", "attention_at"}

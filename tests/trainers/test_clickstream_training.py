@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from advorch.pipelines.shards import read_manifest, read_side_file
-from advorch.trainers.loop import class_weights, setup_worker, train_epoch
+from advorch.pipelines.spec import spec_from_manifest
+from advorch.trainers.loop import setup_worker, train_epoch
+from advorch.trainers.tasks import Classification
 from tests.conftest import ROOT, digi_config, run_cli
 
 REGIMES = {
@@ -42,13 +44,14 @@ def test_embedding_size_mismatch_names_the_fix(digi_shards) -> None:
 def test_class_weights_balance_the_train_split(digi_shards) -> None:
     m = read_manifest(str(digi_shards))
     n = m["splits"]["train"]["classes"]
-    weights = class_weights(m)
+    spec = spec_from_manifest(m, str(digi_shards))
+    weights = Classification.from_spec(spec, class_weights=True).class_weight
     total = n["no_purchase"] + n["purchase"]
     assert weights.tolist() == pytest.approx([total / (2 * n["no_purchase"]), total / (2 * n["purchase"])])
     # each class then carries half of the total weight
     assert float(weights[0] * n["no_purchase"]) == pytest.approx(float(weights[1] * n["purchase"]))
     w = setup_worker(small(digi_shards, "train.class_weights=true"), str(digi_shards))
-    assert torch.equal(w.class_weight, weights)
+    assert torch.equal(w.task.class_weight, weights)
 
 
 @pytest.mark.parametrize("regime", list(REGIMES))

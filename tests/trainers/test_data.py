@@ -1,8 +1,10 @@
-"""Worker slices of the real MR shards."""
+"""Worker slices of the real MR shards, read through the typed dataset spec."""
 
+import pytest
 import torch
 
 from advorch.pipelines.shards import read_manifest
+from advorch.pipelines.spec import read_spec
 from advorch.trainers.data import batches, load_slice, slice_bounds, steps_per_epoch
 
 
@@ -15,8 +17,9 @@ def test_slices_cover_the_split_once():
 
 def test_worker_slices_of_real_shards_are_disjoint_and_complete(mr_shards):
     manifest = read_manifest(str(mr_shards))
-    whole = load_slice(str(mr_shards), "train", 0, 1, 100, manifest)
-    parts = [load_slice(str(mr_shards), "train", r, 3, 100, manifest) for r in range(3)]
+    spec = read_spec(str(mr_shards))
+    whole = load_slice(spec, "train", 0, 1, 100)
+    parts = [load_slice(spec, "train", r, 3, 100) for r in range(3)]
     ids = [i for p in parts for i in p.ids]
     assert ids == whole.ids and len(set(ids)) == manifest["splits"]["train"]["rows"]
     # both classes in every worker's slice (parts are shuffled at write time)
@@ -24,8 +27,8 @@ def test_worker_slices_of_real_shards_are_disjoint_and_complete(mr_shards):
 
 
 def test_batches_are_trimmed_padded_and_equal_in_count(mr_shards):
-    data = load_slice(str(mr_shards), "val", 0, 1, 100)
-    assert data.tokens.shape[1] <= 100
+    data = load_slice(read_spec(str(mr_shards)), "val", 0, 1, 100)
+    assert data.inputs["tokens"].shape[1] <= 100
     got = list(batches(data, 64, torch.device("cpu")))
     assert sum(len(b["label"]) for b in got) == len(data)
     for b in got:
@@ -33,3 +36,19 @@ def test_batches_are_trimmed_padded_and_equal_in_count(mr_shards):
         assert torch.all((b["tokens"] != 0) == b["mask"])
     steps = steps_per_epoch(len(data), 2, 32)
     assert len(list(batches(data, 32, torch.device("cpu"), steps=steps, shuffle=True))) == steps
+
+
+def test_old_manifests_without_inputs_are_read_by_their_kind(mr_shards, tmp_path):
+    """A manifest as advorch wrote it before the typed spec (no task, no inputs) still loads."""
+    import json
+
+    from advorch.pipelines.shards import ShardError
+    from advorch.pipelines.spec import spec_from_manifest
+
+    old = {k: v for k, v in read_manifest(str(mr_shards)).items() if k not in ("task", "inputs")}
+    spec = spec_from_manifest(old, str(mr_shards))
+    assert spec.task == "classification" and spec.inputs["tokens"].shape == (None,)
+    assert load_slice(spec, "val").inputs["tokens"].dtype == torch.int64
+    with pytest.raises(ShardError, match="rebuild it with `advorch preprocess`"):
+        spec_from_manifest({**old, "kind": "tweets"}, "somewhere")
+    assert json.dumps(spec.split_rows)  # plain numbers

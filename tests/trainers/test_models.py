@@ -3,7 +3,9 @@
 import torch
 
 from advorch.config import ModelConfig
-from advorch.trainers.models import PerturbableModel, Serving, build_model
+from advorch.trainers.models import PerturbableModel, build_model
+from advorch.trainers.tasks.classification import Serving
+from tests.trainers.specs import token_spec
 
 
 def _batch(tokens):
@@ -13,10 +15,10 @@ def _batch(tokens):
 
 def test_attention_is_a_distribution_over_real_steps_only():
     torch.manual_seed(0)
-    model = build_model(ModelConfig(hidden_dim=8, embedding_dim=6), vocab_size=20, num_classes=2).eval()
+    model = build_model(ModelConfig(hidden_dim=8, embedding_dim=6), token_spec(20, 2)).eval()
     batch = _batch([[3, 4, 5, 0, 0], [7, 8, 9, 10, 11]])
     out = model(model.embed(batch), batch)
-    assert out.logits.shape == (2, 2)
+    assert out.scores.shape == (2, 2)
     assert out.attention.shape == (2, 5)
     torch.testing.assert_close(out.attention.sum(1), torch.ones(2))
     assert torch.all(out.attention[0, 3:] == 0)
@@ -28,10 +30,10 @@ def test_padding_does_not_change_the_output():
     for name in ("lstm", "lstm_attention"):
         for bidirectional in (False, True):  # the backward pass must start on the last real step
             cfg = ModelConfig(name=name, hidden_dim=8, embedding_dim=6, bidirectional=bidirectional)
-            model = build_model(cfg, 20, 3).eval()
+            model = build_model(cfg, token_spec(20, 3)).eval()
             short, padded = _batch([[3, 4, 5]]), _batch([[3, 4, 5, 0, 0, 0, 0], [6, 7, 8, 9, 10, 11, 12]])
-            a = model(model.embed(short), short).logits
-            b = model(model.embed(padded), padded).logits[:1]
+            a = model(model.embed(short), short).scores
+            b = model(model.embed(padded), padded).scores[:1]
             torch.testing.assert_close(a, b)
 
 
@@ -40,24 +42,25 @@ def test_bidirectional_states_see_the_whole_sequence():
     torch.manual_seed(0)
     for bidirectional, width in ((False, 8), (True, 16)):
         cfg = ModelConfig(hidden_dim=8, embedding_dim=6, bidirectional=bidirectional)
-        model = build_model(cfg, 20, 2).eval()
+        model = build_model(cfg, token_spec(20, 2)).eval()
         x, y = _batch([[3, 4, 5, 6]]), _batch([[3, 4, 5, 9]])
-        hx, hy = (model(model.embed(b), b).hidden for b in (x, y))
+        hx, hy = (model(model.embed(b), b).hidden["lstm"] for b in (x, y))
         assert hx.shape == (1, 4, width)
         assert torch.equal(hx[0, 0], hy[0, 0]) != bidirectional
 
 
 def test_plain_lstm_has_no_attention_and_models_expose_embed():
-    model = build_model(ModelConfig(name="lstm", hidden_dim=8, embedding_dim=6), 20, 2)
+    model = build_model(ModelConfig(name="lstm", hidden_dim=8, embedding_dim=6), token_spec(20, 2))
     assert isinstance(model, PerturbableModel)
     batch = _batch([[1, 2, 0]])
     e = model.embed(batch)
-    assert e.shape == (1, 3, 6)
+    assert list(e) == ["tokens"] and e["tokens"].shape == (1, 3, 6)
+    assert model.perturbable["tokens"].mask == "mask" and model.perturbable["tokens"].bounds is None
     assert model(e, batch).attention is None
 
 
 def test_serving_wrapper_returns_probabilities():
-    model = build_model(ModelConfig(hidden_dim=8, embedding_dim=6), 20, 2).eval()
+    model = build_model(ModelConfig(hidden_dim=8, embedding_dim=6), token_spec(20, 2)).eval()
     p = Serving(model)(torch.tensor([[3, 4, 0], [5, 0, 0]]))
     torch.testing.assert_close(p.sum(1), torch.ones(2))
 

@@ -10,7 +10,6 @@ from torch import nn
 
 from advorch.config import ModelConfig, RegimeConfig
 from advorch.trainers.adversarial import build_regime
-from advorch.trainers.adversarial.base import kl_from_clean
 from advorch.trainers.adversarial.perturb import (
     attention_radius,
     attention_similarity,
@@ -19,7 +18,15 @@ from advorch.trainers.adversarial.perturb import (
 )
 from advorch.trainers.adversarial.pgd import pgd_attack
 from advorch.trainers.adversarial.vat import power_iteration
-from advorch.trainers.models import Output, build_model
+from advorch.trainers.models import Output, Perturbable, build_model
+from advorch.trainers.tasks import Classification
+from tests.trainers.specs import token_spec
+
+TASK = Classification(2)
+
+
+def kl_from_clean(p, logits):
+    return TASK.divergence(p.log(), Output(logits))
 
 MASK = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], dtype=torch.bool)
 
@@ -73,7 +80,7 @@ def test_sf_keeps_ceil_k_of_the_batch_with_the_largest_r(keep_ratio, batch):
 
 def _model(seed=0, dropout=0.0):
     torch.manual_seed(seed)
-    return build_model(ModelConfig(hidden_dim=8, embedding_dim=6, dropout=dropout), 30, 2)
+    return build_model(ModelConfig(hidden_dim=8, embedding_dim=6, dropout=dropout), token_spec())
 
 
 def _batch():
@@ -83,7 +90,7 @@ def _batch():
 
 def _grads_after(regime_cfg: RegimeConfig, seed=0):
     model, batch = _model(seed), _batch()
-    terms = build_regime(regime_cfg).backward(model, batch)
+    terms = build_regime(regime_cfg).backward(model, TASK, batch)
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]), terms
 
 
@@ -97,16 +104,19 @@ def test_cat_with_gamma_zero_equals_attention_aware_at():
 
 
 def test_cat_similarity_gradient_touches_no_parameter_and_matches_autograd():
+    from advorch.trainers.adversarial.base import CleanPass
     from advorch.trainers.adversarial.conservative import similarity_gradient
 
     model, batch = _model(), _batch()
     with torch.no_grad():
-        alpha = model(model.embed(batch), batch).attention
+        out0 = model(model.embed(batch), batch)
+    alpha = out0.attention
+    cp = CleanPass(model, TASK, batch, model.embed(batch), out0, torch.tensor(0.0), {})
     r0 = 0.3 * torch.randn(4, 5, 6) * batch["mask"][..., None]
-    g = similarity_gradient(model, batch, r0, alpha)
+    g = similarity_gradient(cp, "tokens", r0)
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
     r = r0.clone().requires_grad_(True)  # reference: parameters left trainable
-    out = model(model.embed(batch).detach() + r, batch)
+    out = model({"tokens": model.embed(batch)["tokens"].detach() + r}, batch)
     (ref,) = torch.autograd.grad(attention_similarity(alpha, out.attention, batch["mask"]).mean(), r)
     torch.testing.assert_close(g, ref)
     assert g.abs().sum() > 0
@@ -122,15 +132,15 @@ def test_sf_with_full_keep_ratio_equals_attention_aware_at_and_reports_kept_shar
 
 def test_attention_aware_at_gradients_match_the_eq11_objective():
     model, batch = _model(), _batch()
-    build_regime(RegimeConfig(name="attention_at", epsilon=0.8, lam=0.5)).backward(model, batch)
+    build_regime(RegimeConfig(name="attention_at", epsilon=0.8, lam=0.5)).backward(model, TASK, batch)
     fast = torch.cat([p.grad.flatten() for p in model.parameters()])
     model.zero_grad()
     e = model.embed(batch)
     out = model(e, batch)
-    clean = F.cross_entropy(out.logits, batch["label"])
-    (g,) = torch.autograd.grad(clean, e, retain_graph=True)
+    clean = F.cross_entropy(out.scores, batch["label"])
+    (g,) = torch.autograd.grad(clean, e["tokens"], retain_graph=True)
     r = attention_radius(g, out.attention.detach(), batch["mask"], 0.8)
-    adv = F.cross_entropy(model(model.embed(batch) + r, batch).logits, batch["label"])
+    adv = F.cross_entropy(model({"tokens": model.embed(batch)["tokens"] + r}, batch).scores, batch["label"])
     (clean + 0.5 * adv).backward()
     torch.testing.assert_close(fast, torch.cat([p.grad.flatten() for p in model.parameters()]))
 
@@ -141,12 +151,13 @@ class _Quadratic(nn.Module):
     def __init__(self, a: torch.Tensor):
         super().__init__()
         self.a = a
+        self.perturbable = {"e": Perturbable(mask="mask")}
 
     def embed(self, batch):
-        return batch["e"]
+        return {"e": batch["e"]}
 
-    def forward(self, e, batch):
-        return Output(logits=e.flatten(1) @ self.a.T)
+    def forward(self, inputs, batch):
+        return Output(inputs["e"].flatten(1) @ self.a.T)
 
 
 def test_vat_power_iteration_finds_the_dominant_direction_of_a_known_quadratic():
@@ -155,12 +166,13 @@ def test_vat_power_iteration_finds_the_dominant_direction_of_a_known_quadratic()
     e = torch.zeros(1, 2, 3, dtype=torch.float64)  # p uniform at e = 0
     batch = {"e": e, "mask": torch.ones(1, 2, dtype=torch.bool)}
     model = _Quadratic(a)
-    p = torch.softmax(model(e, batch).logits, -1)
+    scores = model({"e": e}, batch).scores
+    p = torch.softmax(scores, -1)
     h = a.T @ (torch.diag(p[0]) - p[0:1].T @ p[0:1]) @ a  # the KL's Hessian
     eigvals, eigvecs = np.linalg.eigh(h.numpy())
     top = torch.from_numpy(eigvecs[:, -1])
-    d = power_iteration(model, batch, e, p, xi=1e-6, iterations=50, alpha=None,
-                        generator=torch.Generator().manual_seed(1))
+    d = power_iteration(model, TASK, batch, {"e": e}, scores, xi=1e-6, iterations=50, alpha=None,
+                        generator=torch.Generator().manual_seed(1))["e"]
     assert abs(float(F.cosine_similarity(d.flatten(1), top[None], dim=1))) > 0.999
     assert abs(float(d.norm()) - 1.0) < 1e-9
 
@@ -177,7 +189,7 @@ def test_no_regime_touches_padding_or_token_ids(name):
     """Padding embeddings get no gradient from any term; token ids are never changed."""
     model, batch = _model(), _batch()
     tokens = batch["tokens"].clone()
-    terms = build_regime(RegimeConfig(name=name, epsilon=1.0, filter="sf")).backward(model, batch)
+    terms = build_regime(RegimeConfig(name=name, epsilon=1.0, filter="sf")).backward(model, TASK, batch)
     assert torch.equal(batch["tokens"], tokens)
     assert torch.all(model.embedding.weight.grad[0] == 0)  # id 0 = padding
     assert all(torch.isfinite(v).all() for v in terms.values())
@@ -187,24 +199,24 @@ def test_vat_uses_the_unlabelled_batch_when_given():
     model, batch = _model(), _batch()
     unlabelled = {"tokens": torch.tensor([[20, 21, 22, 0]]), "mask": torch.tensor([[1, 1, 1, 0]]).bool()}
     batch["unlabelled"] = unlabelled
-    build_regime(RegimeConfig(name="vat", lam_vat=1.0)).backward(model, batch)
+    build_regime(RegimeConfig(name="vat", lam_vat=1.0)).backward(model, TASK, batch)
     assert torch.any(model.embedding.weight.grad[20] != 0)  # only the unlabelled batch has id 20
 
 
 def test_pgd_stays_in_the_ball_and_beats_one_step():
     model, batch = _model(), _batch()
     model.eval()
-    e = model.embed(batch).detach()
-    alpha = model(e, batch).attention.detach()
+    e = model.embed(batch)["tokens"].detach()
+    alpha = model({"tokens": e}, batch).attention.detach()
     for att in (None, alpha):
-        r1 = pgd_attack(model, batch, e, 1.0, steps=1, step_size=1.0, alpha=att)
-        r5 = pgd_attack(model, batch, e, 1.0, steps=5, step_size=0.5, alpha=att)
+        r1 = pgd_attack(model, TASK, batch, {"tokens": e}, 1.0, steps=1, step_size=1.0, alpha=att)["tokens"]
+        r5 = pgd_attack(model, TASK, batch, {"tokens": e}, 1.0, steps=5, step_size=0.5, alpha=att)["tokens"]
         limit = 1.0 + 1e-5 if att is None else None
         if att is None:
             assert torch.all(r5.flatten(1).norm(dim=1) <= limit)
         else:
             assert torch.all(r5.norm(dim=-1) <= att + 1e-5)
         with torch.no_grad():
-            l1 = F.cross_entropy(model(e + r1, batch).logits, batch["label"])
-            l5 = F.cross_entropy(model(e + r5, batch).logits, batch["label"])
+            l1 = F.cross_entropy(model({"tokens": e + r1}, batch).scores, batch["label"])
+            l5 = F.cross_entropy(model({"tokens": e + r5}, batch).scores, batch["label"])
         assert l5 >= l1 - 1e-6
