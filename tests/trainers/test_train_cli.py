@@ -29,3 +29,21 @@ def test_advorch_train_runs_and_records_an_mlflow_run(mr_shards, tmp_path):
     assert run.info.status == "FINISHED"
     assert run.data.params["regime.epsilon"] == "2.0"
     assert "test_auc" in run.data.metrics
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (['regime.name="vat"', 'regime.filter="cat"'], 'regime.filter = "cat"'),
+    (['regime.name="attention_at"', 'model.name="lstm"'], "needs attention"),
+])
+def test_advorch_train_refuses_an_impossible_regime_before_ray_starts(mr_shards, tmp_path, overrides,
+                                                                     message):
+    import time
+
+    cfg = mr_config(tmp_path / "mr.toml", mr_shards, train={"storage": str(tmp_path / "runs")})
+    t0 = time.perf_counter()
+    proc = run_cli("train", str(cfg), *[a for o in overrides for a in ("--set", o)], cwd=tmp_path,
+                   env={"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr and "cannot run" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "runs").exists()  # nothing started
+    assert time.perf_counter() - t0 < 30

@@ -54,7 +54,7 @@ def test_training_is_tracked_in_mlflow_with_the_model(ray_local, mr_shards, tmp_
     assert all(len(x.perturbed["at"]) == len(x.tokens) == len(x.attention) for x in items)
     logged = {a.path for d in ("robustness", "explain") for a in client.list_artifacts(result.run_id, d)}
     assert logged == {"robustness/robustness.json", "robustness/robustness.png",
-                      "explain/explanations.html", "explain/attention.png"}
+                      "explain/explanations.html", "explain/attention.png", "explain/saliency.png"}
     assert "robust_pgd_eps4_accuracy" in client.get_run(result.run_id).data.metrics
 
     # the registry: register with alias candidate, load by alias, predict text and shards
