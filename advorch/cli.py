@@ -113,7 +113,11 @@ def preprocess_text(config: ConfigArg, output: OutputOpt = None,
 def preprocess_images(config: ConfigArg, output: OutputOpt = None,
                       dask_address: DaskOpt = None, wait_lock: WaitLockOpt = 0, set_: SetOpt = None) -> None:
     """An image-folder tree (one sub-folder per class) or sklearn's digits → pixel Parquet shards."""
-    run_pipeline(_load_kind(config, set_, "images"), output, dask_address, wait_lock)
+    summary = run_pipeline(_load_kind(config, set_, "images"), output, dask_address, wait_lock)
+    im = summary.manifest.get("images", {})
+    if not summary.up_to_date:
+        out.print(f"images: {im.get('decoded', 0)} decoded, {im.get('resized', 0)} resized to "
+                  f"{summary.manifest['shapes']['pixels']}", soft_wrap=True)
 
 
 @preprocess_app.command("modis")
