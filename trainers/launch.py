@@ -173,8 +173,9 @@ def check_experiment(cfg: ExperimentConfig, data: str | None = None) -> None:
     from advorch.pipelines.spec import read_spec
     from advorch.trainers.adversarial import check
 
-    spec = read_spec(data) if data is not None else None
-    problems = check(cfg, spec)
+    problems = check(cfg)  # the config alone first: a typo needs no dataset to be found
+    if not problems and data is not None:
+        problems = check(cfg, read_spec(data))
     if problems:
         raise ConfigError(f"experiment {cfg.name!r} cannot run:\n  " + "\n  ".join(problems))
 
