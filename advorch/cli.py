@@ -265,7 +265,8 @@ def explain(run_id: Annotated[str, typer.Argument(help="MLflow run id of a train
             n: Annotated[int, typer.Option(help="How many test sequences.")] = 5,
             eps: Annotated[float | None, typer.Option(help="Radius (default: the run's epsilon).")] = None,
             mlflow_uri: MlflowOpt = None) -> None:
-    """Original vs perturbed sequences (nearest tokens) for AT and attention-aware AT."""
+    """Original vs perturbed sequences (nearest tokens) for AT and attention-aware AT; input-gradient
+    saliency maps (images: heat maps; sequences: per-step gradient norm beside attention)."""
     from advorch.trainers.analysis import explain_run
     from advorch.trainers.explain import as_text
 
@@ -273,6 +274,12 @@ def explain(run_id: Annotated[str, typer.Argument(help="MLflow run id of a train
         items, used, classes = explain_run(run_id, n, eps, mlflow_uri)
     except LookupError as e:
         fail(str(e), code=1)
+    if items and isinstance(items[0], dict):  # images: saliency maps
+        for x in items:
+            out.print(f"{classes[x['label']]} → predicted {classes[x['prediction']]}: "
+                      f"‖∇ₓℓ‖₁ {x['gradient_l1']:.4g}")
+        out.print("images and their input-gradient heat maps: logged as explain/saliency.png")
+        return
     if items and not hasattr(items[0], "tokens"):  # feature sequences (MODIS): Fig. 4
         for x in items:
             out.print(f"{classes[x.label]}: attention shift at ε = {used:g}: "

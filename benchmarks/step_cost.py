@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -49,6 +50,7 @@ MR_ROWS = ("clean,at,attention_at,attention_at+sf,attention_at+cat,vat,at_vat,pg
            "fgsm,input_gradient,input_gradient_fd")
 CNN_ROWS = "clean,fgsm,input_gradient,input_gradient_fd,pgd_linf"
 CNN_PREFIX = "cnn/"
+AMP = False  # --amp: train_step's bfloat16 autocast (CUDA only)
 FILTERS = ("sf", "cat")
 
 # row name → regime settings (regime.name included) when it is not a plain term list
@@ -83,7 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=30, help="MR untimed rounds (one step per row)")
     p.add_argument("--rounds", type=int, default=200, help="MR timed rounds (one step per row)")
     p.add_argument("--cnn-warmup", type=int, default=100, help="digits untimed rounds")
-    p.add_argument("--cnn-rounds", type=int, default=1000, help="digits timed rounds")
+    p.add_argument("--cnn-rounds", type=int, default=600, help="digits timed rounds")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     p.add_argument("--data", default=None,
                    help="existing MR shard folder (built there if missing); default: a temp folder")
@@ -93,6 +95,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="extra config override for every row of both models (repeatable)")
     p.add_argument("--profile", type=int, default=0, metavar="STEPS",
                    help="after timing, profile STEPS steps per row with torch.profiler")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda (benchmarks/gpu_check.sh)")
+    p.add_argument("--amp", action="store_true", help="train.amp: bfloat16 autocast (CUDA)")
     p.add_argument("--name", default="step_cost", help="results/NAME.json and RESULTS.md section")
     p.add_argument("--no-write", action="store_true", help="print only; do not write results")
     p.add_argument("--note", default="", help="extra text for the RESULTS.md notes (e.g. the load)")
@@ -158,6 +162,7 @@ class Group:
     first: dict[str, dict[str, float]] = field(default_factory=dict)
     last: dict[str, dict[str, float]] = field(default_factory=dict)
     wall: float = 0.0
+    load: float = 0.0  # 1-minute load average at the end of the timed section
 
 
 def make_runners(specs: list[str], model_key: str, prefix: str, config, spec):
@@ -186,6 +191,13 @@ def make_runners(specs: list[str], model_key: str, prefix: str, config, spec):
     return runners, cfg0
 
 
+def to_device(runners: dict[str, tuple], device: str) -> None:
+    """Models and class weights onto the device (in place: the optimizers keep their parameters)."""
+    for model, task, _, _ in runners.values():
+        model.to(device)
+        task.to(device)
+
+
 def mr_group(args, data: str) -> Group | None:
     import torch
 
@@ -201,7 +213,8 @@ def mr_group(args, data: str) -> Group | None:
     if not runners:
         return None
     train = load_slice(spec, "train", 0, 1, cfg.model.max_length)
-    batch = make_batch(train, torch.arange(args.batch_size), torch.device("cpu"))
+    batch = make_batch(train, torch.arange(args.batch_size), torch.device(args.device))
+    to_device(runners, args.device)
     return Group("mr", runners, batch, cfg.train.grad_clip, args.warmup, args.rounds,
                  f"MR: model {args.model} (D=128, H=140, dropout {cfg.model.dropout}), Adam, grad clip "
                  f"{cfg.train.grad_clip}; the same batch {tuple(batch['tokens'].shape)} (B, T) = the first "
@@ -272,6 +285,8 @@ def cnn_group(args) -> Group | None:
     if not runners:
         return None
     m = cfg.model
+    to_device(runners, args.device)
+    batch = {k: v.to(args.device) for k, v in batch.items()}
     return Group("cnn", runners, batch, cfg.train.grad_clip, args.cnn_warmup, args.cnn_rounds,
                  f"digits: image_cnn (channels {m.channels}, {m.activation}, dropout {m.dropout}), Adam, "
                  f"grad clip {cfg.train.grad_clip}; the same batch {tuple(batch['pixels'].shape)} "
@@ -293,7 +308,7 @@ def time_group(g: Group) -> None:
     def step(name: str) -> tuple[float, dict[str, float]]:
         model, task, regime, opt = g.runners[name]
         t0 = time.perf_counter()
-        logs = train_step(model, task, regime, opt, g.batch, g.grad_clip)  # floats: work is done
+        logs = train_step(model, task, regime, opt, g.batch, g.grad_clip, AMP)  # floats: work is done
         return time.perf_counter() - t0, logs
 
     # first step of every row from the same weights, batch and random state (dropout masks):
@@ -311,6 +326,7 @@ def time_group(g: Group) -> None:
             dt, g.last[name] = step(name)
             g.times[name].append(dt * 1e3)
     g.wall = time.perf_counter() - t_start
+    g.load = os.getloadavg()[0]
 
 
 def profile(g: Group, steps: int) -> None:
@@ -323,7 +339,7 @@ def profile(g: Group, steps: int) -> None:
     for name, (model, task, regime, opt) in g.runners.items():
         with tprofile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(steps):
-                train_step(model, task, regime, opt, g.batch, g.grad_clip)
+                train_step(model, task, regime, opt, g.batch, g.grad_clip, AMP)
         avg = prof.key_averages()
         print(f"\n== torch.profiler, row {name!r}, {steps} steps, by self CPU time ==")
         print(avg.table(sort_by="self_cpu_time_total", row_limit=15))
@@ -363,8 +379,8 @@ def summarise(g: Group) -> tuple[list[dict[str, Any]], list[str], list[str]]:
             if bare in TARGETS:
                 limit, theory = TARGETS[bare], THEORY.get(bare)
                 target = f"<={limit}x"
-                verdicts.append(f"{n}/{clean} = {r:.2f}x (paired {statistics.median(pr):.2f}x; target <= "
-                                f"{limit}x{f', theory {theory}x' if theory else ''}): "
+                verdicts.append(f"`{n}` = {r:.2f}x `{clean}` (paired {statistics.median(pr):.2f}x; target "
+                                f"<= {limit}x{f', theory {theory}x' if theory else ''}): "
                                 f"{'met' if r <= limit else 'NOT MET'}")
         print(f"[{g.key}] {n:<26}{med[n]:>10.2f}{statistics.fmean(ts):>9.2f}{statistics.stdev(ts):>8.2f}"
               f"{q[0]:>8.2f}{q[-1]:>8.2f}{ratio:>9}{paired:>10}{target:>8}")
@@ -380,9 +396,11 @@ def summarise(g: Group) -> tuple[list[dict[str, Any]], list[str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global AMP
     args = parse_args(argv)
     import torch
 
+    AMP = args.amp
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, torch.set_num_threads({args.threads}) "
           f"(get_num_threads={torch.get_num_threads()})", flush=True)
@@ -411,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     for g in groups:
         r, verdicts, losses = summarise(g)
         rows += r
-        notes += [f"- {g.describe}.", f"- {g.key}: {g.warmup} warm-up rounds, then {g.rounds} timed rounds.",
+        notes += [f"- {g.describe}.", f"- {g.key}: {g.warmup} warm-up rounds, then {g.rounds} timed rounds "
+                  f"({g.wall:.0f} s; 1-min load average {g.load:.2f} at their end, {os.cpu_count()} CPUs).",
                   *(f"- target: {v}" for v in verdicts),
                   f"- {g.key} losses (first step: same weights, batch and dropout masks for every row; "
                   f"last: after {g.warmup + g.rounds} steps on that one batch): " + " | ".join(losses)]
@@ -429,6 +448,13 @@ def main(argv: list[str] | None = None) -> int:
             "`ratio_to_clean_paired_median` = median over rounds of row/clean step times of "
             "the same round (std over rounds). Targets (issue): at, fgsm <= 2.1x, input_gradient "
             "(double backprop) <= 3.0x, input_gradient_fd <= 2.2x, on both models.",
+            "- Passes per step (F forward, B backward; clean = F + B): at / fgsm 2F + 2B (the clean "
+            "backward gives θ and ∇_x at once); input_gradient (double backprop) F + B_x(create_graph) + "
+            "one backward through the clean and the gradient graph (second order: ≈ 2B, and through an "
+            "LSTM on CPU it is unrolled into per-time-step mm/mul ops); input_gradient_fd 2F + 3B: an "
+            "input-only B_x over the clean graph (retain_graph), the perturbed F, then one backward "
+            "through both graphs — one backward more than AT (the CPU LSTM kernel computes its weight "
+            "gradients even for the input-only B_x; convolutions skip them).",
             "- Theory (2.0x for at / fgsm) counts forward/backward pairs only; zero_grad, gradient "
             "clipping and the Adam update are paid once per step by every row, so a measured ratio "
             "somewhat below theory is expected.",

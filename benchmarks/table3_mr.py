@@ -67,6 +67,8 @@ def main() -> None:
     ap.add_argument("--rows", default=",".join(k for k, *_ in ROWS))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--set", dest="extra", action="append", default=[], help="more overrides")
+    ap.add_argument("--name", default="table3_mr",
+                    help="results/NAME.json and RESULTS.md section (a re-check beside the main table)")
     args = ap.parse_args()
     wanted = args.rows.split(",")
     unknown = set(wanted) - {k for k, *_ in ROWS}
@@ -139,7 +141,7 @@ def write(rows: list, lines: list[str], args: argparse.Namespace, earlier: dict,
         "we train from random init, which we expect to cost most of the gap to the paper.",
     ])
     print(notes, flush=True)
-    report.write("table3_mr", rows + kept, notes)
+    report.write(args.name, rows + kept, notes)
 
 
 if __name__ == "__main__":

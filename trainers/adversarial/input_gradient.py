@@ -9,9 +9,15 @@ steps), so λ does not scale with the batch size. Two ways to compute it:
     double_backprop     the exact penalty: ∇_x ℓ with create_graph, then backpropagated
                         through (Drucker & LeCun's double backpropagation)
     finite_difference   ‖∇_x ℓ_i‖ ≈ (ℓ_i(x_i + h·d_i) − ℓ_i(x_i)) / h with d_i = ∇ℓ_i / ‖∇ℓ_i‖
-                        held constant (Finlay & Oberman 2019): one extra forward/backward,
-                        no second-order graph. The perturbed forward replays the clean
-                        forward's random state, so dropout draws the same masks in both.
+                        held constant (Finlay & Oberman 2019): no second-order graph; one
+                        extra forward and two extra backwards over clean training (d needs
+                        ∇_x ℓ before the shifted forward, and the penalty's gradient flows
+                        through both graphs). The shifted forward replays the clean forward's
+                        random state, so dropout draws the same masks in both.
+
+Cost per step (benchmarks/step_cost.py): on the image CNN both forms are ≈ 2x clean; on the
+CPU LSTM double backprop is ≈ 5x (PyTorch's LSTM double backward runs step by step), so
+recurrent models should use the finite difference (≈ 2.4x).
 """
 
 from __future__ import annotations
