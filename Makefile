@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench table3 clean
+.PHONY: demo test lint bench table3 digits clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
-	$(VENV)/bin/python benchmarks/step_cost.py --regimes clean,at,attention_at,attention_at+sf,attention_at+cat,vat,at_vat,pgd
+	$(VENV)/bin/python benchmarks/step_cost.py   # every term, image CNN on digits and LSTM-Attention on MR
 	$(VENV)/bin/python benchmarks/ray_overhead.py
+
+digits: $(STAMP)
+	$(VENV)/bin/python benchmarks/digits_ig.py --threads 1
 
 table3: $(STAMP)
 	$(VENV)/bin/python benchmarks/table3_mr.py --seeds 5
