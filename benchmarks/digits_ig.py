@@ -34,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import report  # noqa: E402
+from inprocess import experiment, fit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "digits.toml"
@@ -49,31 +50,6 @@ ROWS = [  # (key, label, regime); λ_ig / fd_step filled in at run time
 ]
 
 
-def experiment(data: str, regime: dict, seed: int, extra: list[str]):
-    """configs/digits.toml with `extra` overrides, this seed, and `regime` as its whole [regime]."""
-    from advorch.config import ExperimentConfig, RegimeConfig, load_config
-    from advorch.trainers.launch import check_experiment
-
-    cfg = load_config(CONFIG, [f'data.output="{data}"', f"train.seed={seed}", *extra])
-    cfg = ExperimentConfig.model_validate({**cfg.model_dump(), "regime": RegimeConfig(**regime).model_dump()})
-    check_experiment(cfg, data)
-    return cfg
-
-
-def fit(cfg, data: str):
-    """(model with its best validation epoch's weights, task, worker, seconds), in-process."""
-    from advorch.trainers.loop import setup_worker, train_epoch
-
-    t0 = time.perf_counter()
-    w = setup_worker(cfg, data)
-    for epoch in range(cfg.train.epochs):
-        if train_epoch(w, epoch)["final_epoch"]:
-            break
-    w.model.load_state_dict(w.state["best_model"])
-    w.model.eval()
-    return w.model, w.task, w, time.perf_counter() - t0
-
-
 def accuracies(model, task, split, source=None) -> dict[str, float]:
     """{"clean": acc, 0.05: acc, …} under FGSM on `split` (white-box, or crafted on `source`)."""
     from advorch.trainers.robustness import robustness
@@ -86,12 +62,14 @@ def select_lam(data: str, lams: list[float], extra: list[str], slack: float,
                log: list[str]) -> float:
     """λ_ig on validation (seed 0, double backprop): max FGSM val accuracy at ε 0.1 among the λ
     whose clean val accuracy is ≥ the clean model's − slack (the smallest λ if none is)."""
-    base, task, w, _ = fit(experiment(data, ROWS[0][2], 0, extra), data)
+    w, _ = fit(experiment(CONFIG, data, ROWS[0][2], 0, extra), data)
+    base, task = w.model, w.task
     ref = accuracies(base, task, w.val)
     log.append(f"| clean | {ref['clean']:.4f} | {ref[TARGET_EPS]:.4f} | – |")
     best, best_score = min(lams), None
     for lam in lams:
-        m, task, w, secs = fit(experiment(data, {**ROWS[2][2], "lam_ig": lam}, 0, extra), data)
+        w, secs = fit(experiment(CONFIG, data, {**ROWS[2][2], "lam_ig": lam}, 0, extra), data)
+        m, task = w.model, w.task
         acc = accuracies(m, task, w.val)
         ok = acc["clean"] >= ref["clean"] - slack - 1e-9
         log.append(f"| λ_ig {lam:g} | {acc['clean']:.4f} | {acc[TARGET_EPS]:.4f} | {'yes' if ok else 'no'} |")
@@ -161,7 +139,8 @@ def main() -> None:
             clean_model = None
             order = ["clean", *[k for k in wanted if k != "clean"]]  # the transfer source first
             for key in order:
-                model, task, w, s = fit(experiment(data, regimes[key], seed, args.extra), data)
+                w, s = fit(experiment(CONFIG, data, regimes[key], seed, args.extra), data)
+                model, task = w.model, w.task
                 if key == "clean":
                     clean_model = model
                 if key not in wanted:

@@ -33,40 +33,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import report  # noqa: E402
+from inprocess import experiment, fit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "mr.toml"
 EPSILONS = (2.0, 4.0, 8.0)
-
-
-def experiment(data: str, regime: dict, seed: int, extra: list[str]):
-    """configs/mr.toml with `extra`, this seed, and `regime` as its whole [regime]."""
-    from advorch.config import ExperimentConfig, RegimeConfig, load_config
-    from advorch.trainers.launch import check_experiment
-
-    cfg = load_config(CONFIG, [f'data.output="{data}"', f"train.seed={seed}", *extra])
-    cfg = ExperimentConfig.model_validate({**cfg.model_dump(), "regime": RegimeConfig(**regime).model_dump()})
-    check_experiment(cfg, data)
-    return cfg
-
-
-def fit(cfg, data: str):
-    """(worker with its best validation epoch's weights loaded, seconds), in-process."""
-    from advorch.trainers.loop import setup_worker, train_epoch
-
-    t0 = time.perf_counter()
-    w = setup_worker(cfg, data)
-    for epoch in range(cfg.train.epochs):
-        m = train_epoch(w, epoch)
-        terms = ", ".join(f"{k} {v:.4g}" for k, v in m.items() if k.startswith("train_") and "loss" in k
-                          or k == "train_ig_penalty")
-        print(f"  epoch {epoch}: val_accuracy {m['val_accuracy']:.4f}, {terms} ({m['epoch_seconds']:.0f}s)",
-              flush=True)
-        if m["final_epoch"]:
-            break
-    w.model.load_state_dict(w.state["best_model"])
-    w.model.eval()
-    return w, time.perf_counter() - t0
 
 
 def accuracies(w, split) -> dict:
@@ -126,7 +97,7 @@ def main() -> None:
         for seed in range(args.seeds):
             for key, _, regime in table:
                 print(f"seed {seed} {key}", flush=True)
-                w, secs = fit(experiment(data, regime, seed, extra), data)
+                w, secs = fit(experiment(CONFIG, data, regime, seed, extra), data, verbose=True)
                 te, va = accuracies(w, test), accuracies(w, w.val)
                 r = results.setdefault(key, {"test": [], "val": [], "secs": [], "epoch": []})
                 r["test"].append(te)

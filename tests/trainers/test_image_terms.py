@@ -102,11 +102,16 @@ def test_finite_difference_replays_the_dropout_masks_of_the_clean_pass():
     assert float(got) == pytest.approx(float(exact), rel=1e-2)
 
 
-def test_fgsm_moves_every_pixel_by_epsilon_exactly_and_keeps_pixels_in_range():
+def _cnn_and_images(widths: tuple[int, int], n: int):
+    """A seeded image CNN in eval mode and n random 8x8 grey images with random labels (generated)."""
     torch.manual_seed(0)
-    model = ImageCNN(1, 3, (4, 6)).eval()
-    x = torch.rand(8, 1, 8, 8)
-    batch = {"pixels": x, "label": torch.randint(0, 3, (8,))}
+    model = ImageCNN(1, 3, widths).eval()
+    x = torch.rand(n, 1, 8, 8)
+    return model, x, {"pixels": x, "label": torch.randint(0, 3, (n,))}
+
+
+def test_fgsm_moves_every_pixel_by_epsilon_exactly_and_keeps_pixels_in_range():
+    model, x, batch = _cnn_and_images((4, 6), 8)
     r = attack(model, TASK, batch, "fgsm", 0.1)["pixels"]
     adv = x + r
     assert adv.min() >= 0.0 and adv.max() <= 1.0
@@ -120,10 +125,7 @@ def test_fgsm_moves_every_pixel_by_epsilon_exactly_and_keeps_pixels_in_range():
 
 
 def test_pgd_linf_stays_in_the_box_and_the_range_and_beats_fgsm():
-    torch.manual_seed(0)
-    model = ImageCNN(1, 3, (8, 8)).eval()
-    x = torch.rand(16, 1, 8, 8)
-    batch = {"pixels": x, "label": torch.randint(0, 3, (16,))}
+    model, x, batch = _cnn_and_images((8, 8), 16)
     r1 = attack(model, TASK, batch, "fgsm", 0.05)["pixels"]
     r10 = attack(model, TASK, batch, "pgd_linf", 0.05, steps=10)["pixels"]
     assert r10.abs().max() <= 0.05 + 1e-6 and (x + r10).min() >= 0 and (x + r10).max() <= 1

@@ -58,7 +58,7 @@ class AdversarialLoss:
 
     def __call__(self, cp: CleanPass) -> dict[str, Tensor]:
         out = cp.perturbed(self.perturbation(cp))
-        mask = next((cp.mask(n) for n in (self.inputs or cp.inputs) if cp.mask(n) is not None), None)
+        mask = cp.step_mask(self.inputs or cp.inputs)
         adv, keep = filtered_mean(cp.task.loss(out, cp.batch, "none"), cp.attention, out.attention,
                                   mask, self.keep_ratio)
         weighted_backward(adv, self.lam)

@@ -16,6 +16,7 @@ Each term declares what it needs from the model and the pass:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -58,6 +59,10 @@ class CleanPass:
 
     def mask(self, name: str, batch: Batch | None = None) -> Tensor | None:
         return input_mask(self.model, name, self.batch if batch is None else batch)
+
+    def step_mask(self, names: Iterable[str], batch: Batch | None = None) -> Tensor | None:
+        """The mask of the first of these inputs that has one: the steps attention runs over."""
+        return next((m for m in (self.mask(n, batch) for n in names) if m is not None), None)
 
     def bounded(self, r: Inputs) -> Inputs:
         """Each perturbation cut so that the perturbed input stays in its valid range."""

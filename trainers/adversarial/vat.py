@@ -71,7 +71,7 @@ class VirtualAdversarialLoss:
         d = power_iteration(model, cp.task, ub, inputs, scores, self.xi, self.iterations, att)
         r = {k: within(inputs[k], self.epsilon * v, model.perturbable[k].bounds) for k, v in d.items()}
         out = cp.perturbed(r, ub)
-        mask = next((m for m in (input_mask(model, k, ub) for k in r) if m is not None), None)
+        mask = cp.step_mask(r, ub)
         vat, _ = filtered_mean(cp.task.divergence(scores, out), att, out.attention, mask, self.keep_ratio)
         weighted_backward(vat, self.lam)
         return {"weighted": self.lam * vat.detach(), "vat_loss": vat.detach()}

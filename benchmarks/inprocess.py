@@ -1,0 +1,40 @@
+"""In-process training for benchmarks that train many small models (no Ray start per run):
+a config with a whole [regime] of the row's own, checked as `advorch train` checks it, and a fit
+that keeps the best validation epoch's weights."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+
+def experiment(config: Path, data: str, regime: dict[str, Any], seed: int, extra: list[str]):
+    """`config` with `extra` overrides, this seed, and `regime` as its whole [regime]."""
+    from advorch.config import ExperimentConfig, RegimeConfig, load_config
+    from advorch.trainers.launch import check_experiment
+
+    cfg = load_config(config, [f'data.output="{data}"', f"train.seed={seed}", *extra])
+    cfg = ExperimentConfig.model_validate({**cfg.model_dump(), "regime": RegimeConfig(**regime).model_dump()})
+    check_experiment(cfg, data)
+    return cfg
+
+
+def fit(cfg, data: str, verbose: bool = False):
+    """(worker with its best validation epoch's weights loaded, in eval mode; seconds)."""
+    from advorch.trainers.loop import setup_worker, train_epoch
+
+    t0 = time.perf_counter()
+    w = setup_worker(cfg, data)
+    for epoch in range(cfg.train.epochs):
+        m = train_epoch(w, epoch)
+        if verbose:
+            terms = ", ".join(f"{k} {v:.4g}" for k, v in m.items()
+                              if k.startswith("train_") and ("loss" in k or k == "train_ig_penalty"))
+            print(f"  epoch {epoch}: val_accuracy {m['val_accuracy']:.4f}, {terms} "
+                  f"({m['epoch_seconds']:.0f}s)", flush=True)
+        if m["final_epoch"]:
+            break
+    w.model.load_state_dict(w.state["best_model"])
+    w.model.eval()
+    return w, time.perf_counter() - t0
