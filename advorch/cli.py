@@ -99,6 +99,12 @@ def run_pipeline(cfg: ExperimentConfig, output: str | None, dask_address: str | 
                   + f"quarantined {q['count']}"
                   + (f" {q['by_reason']} → {escape(summary.output)}/{q['file']}" if q["count"] else ""),
                   soft_wrap=True)
+    for u in summary.unused:
+        shown = ", ".join(u["names"][:8]) + (" …" if u["count"] > 8 else "")
+        out.print(f"[yellow]unused:[/] {u['count']} {u['what']} of {escape(u['source'])}: {escape(shown)}",
+                  soft_wrap=True)
+    for w in summary.warnings:
+        out.print(f"[bold yellow]warning:[/] {escape(w)}", soft_wrap=True)
     return summary
 
 

@@ -138,6 +138,14 @@ class ImagesConfig(_Section):
                                                           "(decompression bombs)")
 
 
+class HealthConfig(_Section):
+    """What a built dataset must have to be trained on (pipelines/health.py)."""
+
+    on_problem: Literal["fail", "warn"] = Field(
+        "fail", description="fail: refuse the build; warn: build, with the problems in the manifest")
+    min_class_rows: int = Field(1, ge=1, description="rows of each class in each non-empty split")
+
+
 class DataConfig(_Section):
     """Where the raw data is and how the pipeline turns it into shards."""
 
@@ -155,6 +163,7 @@ class DataConfig(_Section):
     clickstream: ClickstreamConfig = Field(default_factory=ClickstreamConfig)
     modis: ModisConfig = Field(default_factory=ModisConfig)
     images: ImagesConfig = Field(default_factory=ImagesConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
 
 
 class ModelConfig(_Section):

@@ -207,7 +207,7 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
     pu_paths = [p for p in purchase_files if p in files]
     if not ev_paths:
         raise PipelineError(f"every event file is empty: {', '.join(event_files)}")
-    writer = DatasetWriter(output, kind="clickstream")
+    writer = DatasetWriter(output, kind="clickstream", health=cfg.health)
     try:
         # a local cluster of threads: parsing runs in pyarrow's C++ (GIL released)
         with dask_client(dask_address, processes=False) as client:

@@ -19,6 +19,14 @@ class PipelineError(RuntimeError):
     """The run cannot go on; the message names the file (and line) and the fix."""
 
 
+def unused(source: str, what: str, names: Iterable[str], declared: bool = False) -> dict[str, Any]:
+    """A manifest `unused` record: parts of a source a reader did not use (`what`: "columns",
+    "bands", "layers", "rows", "files"), so nothing is dropped without a word. `declared`: the
+    config says to leave them (not shown as a warning in the run summary)."""
+    names = [str(n) for n in names]
+    return {"source": source, "what": what, "names": names, "count": len(names), "declared": declared}
+
+
 @dataclass
 class Summary:
     """What one pipeline run did."""
@@ -29,6 +37,16 @@ class Summary:
     quarantined: int
     splits: dict[str, int]
     manifest: dict[str, Any]
+
+    @property
+    def unused(self) -> list[dict[str, Any]]:
+        """What the readers left (see `unused`) and the config did not say to leave."""
+        return [u for u in self.manifest.get("unused", []) if not u.get("declared")]
+
+    @property
+    def warnings(self) -> list[str]:
+        """Loud notes of the build (dataset health the user allowed, see health.py)."""
+        return list(self.manifest.get("warnings", []))
 
     @classmethod
     def of(cls, output: str, manifest: dict[str, Any], up_to_date: bool = False) -> Summary:

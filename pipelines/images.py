@@ -404,7 +404,7 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
         if sources_unchanged(previous, sources, params):
             return Summary.of(output, previous, up_to_date=True)
 
-    writer = DatasetWriter(output, kind="images")
+    writer = DatasetWriter(output, kind="images", health=cfg.health)
     try:
         if found is not None:
             for c in found:

@@ -583,7 +583,7 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
     from advorch.pipelines.samples import concat, read_samples, write_sequences
 
     quarantine = Quarantine()
-    writer = DatasetWriter(output, kind="modis")
+    writer = DatasetWriter(output, kind="modis", health=cfg.health)
     cubes: dict[str, dict[str, Any]] = {}
     series = []
     # The hashing thread needs the GIL for a moment per file, and pyhdf's decoding thread holds

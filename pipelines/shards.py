@@ -35,6 +35,9 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from advorch import __version__
+from advorch.config import HealthConfig
+from advorch.pipelines import health
+from advorch.pipelines.common import PipelineError
 
 MANIFEST = "manifest.json"
 FORMAT = "advorch-shards/1"
@@ -142,9 +145,10 @@ class DatasetWriter:
     driver then calls `commit(...)`, which publishes them and writes the manifest.
     """
 
-    def __init__(self, root: str, kind: str) -> None:
+    def __init__(self, root: str, kind: str, health: HealthConfig | None = None) -> None:
         self.root = str(root).rstrip("/")
         self.kind = kind
+        self.health = health or HealthConfig()
         self.build_id = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
         self.fs, self._root = _fs(self.root)
         self._staging = f"{self._root}/.staging-{self.build_id}"
@@ -161,6 +165,17 @@ class DatasetWriter:
             ) from e
         self._side: dict[str, str] = {}
         self._kept_side: set[str] = set()
+
+    def _write_quarantine(self, quarantine: Quarantine) -> str | None:
+        """The build's quarantine records, published as quarantine/<build>.jsonl (or None)."""
+        if not len(quarantine):
+            return None
+        name = f"quarantine/{self.build_id}.jsonl"
+        with self.fs.open(f"{self._staging}/quarantine.jsonl", "w") as f:
+            for rec in quarantine.records:
+                f.write(json.dumps(rec) + "\n")  # ASCII: raw U+0085 would split lines
+        self.fs.mv(f"{self._staging}/quarantine.jsonl", f"{self._root}/{name}")
+        return name
 
     @property
     def staging_uri(self) -> str:
@@ -209,13 +224,14 @@ class DatasetWriter:
         fs, root = self.fs, self._root
         fs.makedirs(f"{root}/parts", exist_ok=True)
         fs.makedirs(f"{root}/quarantine", exist_ok=True)
-        quarantine_file = None
-        if len(quarantine):
-            quarantine_file = f"quarantine/{self.build_id}.jsonl"
-            with fs.open(f"{self._staging}/quarantine.jsonl", "w") as f:
-                for rec in quarantine.records:
-                    f.write(json.dumps(rec) + "\n")  # ASCII: raw U+0085 would split lines
-            fs.mv(f"{self._staging}/quarantine.jsonl", f"{root}/{quarantine_file}")
+        quarantine_file = self._write_quarantine(quarantine)
+        found = health.problems({k: {"rows": sum(int(p["rows"]) for p in m["parts"]), **m}
+                                 for k, m in splits.items()}, classes or [], task,
+                                self.health.min_class_rows) if inputs else []
+        if found and self.health.on_problem == "fail":
+            # nothing of the build is published; its quarantine is, to show what went
+            where = f" (quarantined rows: {self.root}/{quarantine_file})" if quarantine_file else ""
+            raise PipelineError(f"{self.root}: {health.report(found)}{where}")
 
         split_meta: dict[str, Any] = {}
         for split, meta in splits.items():
@@ -256,6 +272,7 @@ class DatasetWriter:
                            "file": quarantine_file},
             "params": params,
             **(extra or {}),
+            "warnings": [*(extra or {}).get("warnings", []), *(f"unhealthy dataset built (data.health.on_problem = \"warn\"): {p}" for p in found)],
         }
         tmp = f"{root}/.{MANIFEST}.{self.build_id}.tmp"
         with fs.open(tmp, "w") as f:

@@ -132,7 +132,7 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
         return Summary.of(output, previous, up_to_date=True)
 
     classes = sorted({s.label for s in cfg.sources})
-    writer = DatasetWriter(output, kind="text")
+    writer = DatasetWriter(output, kind="text", health=cfg.health)
     quarantine = Quarantine()
     try:
         with dask_client(dask_address) as client:
