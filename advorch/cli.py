@@ -185,6 +185,7 @@ def run_training(cfg: ExperimentConfig, data: str | None, ray_address: str | Non
         fail(str(e))
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from advorch.trainers.launch import TrainingError
     from advorch.trainers.launch import train as train_run
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -205,6 +206,9 @@ def run_training(cfg: ExperimentConfig, data: str | None, ray_address: str | Non
             if e.errno is not None:
                 raise  # an OS error mid-run: the traceback says where
             fail(str(e), code=1)  # no dataset at the given place: the message says what to run
+        except TrainingError as e:  # a worker's error, without Ray's traceback around it
+            bar.stop()
+            fail(f"{e}; the MLflow run is marked FAILED with this reason (tag advorch.error)", code=1)
     _print_result(result)
     return result
 

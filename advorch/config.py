@@ -57,18 +57,61 @@ class ItemMap(_Section):
     delimiter: str = ","
 
 
+class LogLayout(_Section):
+    """How the purchase files read where they differ from the event files; an unset key reads
+    as the events' key of the same name (data.clickstream.format, .time_unit, ...)."""
+
+    format: Literal["auto", "csv", "tsv", "jsonl"] | None = None
+    delimiter: str | None = Field(None, description="csv only")
+    header: bool | None = Field(None, description="csv/tsv: false: the first line is data")
+    names: list[str] | None = Field(None, description="the columns of a headerless file, in order")
+    null_values: list[str] | None = None
+    time_unit: Literal["iso", "s", "ms"] | None = None
+    time_zone: str | None = Field(None, description="IANA zone of ISO times without an offset")
+
+
+class LabelRule(_Section):
+    """Labels for a click-only log: a session converts when it reaches one of these items, or an
+    item whose category (the item_map value) is one of these. The session is cut before its first
+    matching event, as a purchase cuts it: the marking page must not leak into the tokens."""
+
+    item: list[str] = Field(default_factory=list, description="item ids that mark a conversion")
+    category: list[str] = Field(default_factory=list, description="item_map values that mark one")
+
+
+SplitName = Literal["train", "val", "test"]
+
+
 class ClickstreamConfig(_Section):
     """Event logs → sessions (Jia et al. KDD'19 §4.1, Adobe.com purchase prediction)."""
 
-    events: list[str] = Field(default_factory=list, description="files or glob patterns; .gz ok")
+    events: list[str] | dict[SplitName, list[str]] = Field(
+        default_factory=list, description="files or glob patterns; .gz ok; with splits = \"files\" "
+                                          "also a table split → files, {train = [...], test = [...]}")
+    splits: Literal["random", "files"] = Field(
+        "random", description="random: stratified by data.test_fraction / val_fraction; files: each "
+                              "event file's split, from the events table or split_pattern")
+    split_pattern: str | None = Field(
+        None, description="files: regex on a file's name whose group (?P<split>) reads train, val "
+                          "(valid, validation, dev) or test")
+    # the events' layout; also the purchases' where purchase_layout leaves a key unset
     format: Literal["auto", "csv", "tsv", "jsonl"] = "auto"
     delimiter: str | None = Field(None, description="csv only; default ','")
+    header: bool = Field(True, description="csv/tsv: false: the first line is data, columns by `names`")
+    names: list[str] = Field(default_factory=list, description="the columns of a headerless file, in order")
     null_values: list[str] = Field(default_factory=lambda: ["", "NA", "null"])
     columns: EventColumns = Field(default_factory=EventColumns)
     time_unit: Literal["iso", "s", "ms"] = Field("iso", description="how the time column reads")
+    time_zone: str | None = Field(None, description="IANA zone of ISO times without an offset; none: UTC")
+    unused: list[str] = Field(default_factory=list,
+                              description="columns of the event/purchase files left on purpose")
     purchases: list[str] = Field(default_factory=list, description="files naming converted sessions")
     purchase_columns: PurchaseColumns = Field(default_factory=PurchaseColumns)
+    purchase_layout: LogLayout = Field(default_factory=LogLayout, description="where purchases read "
+                                                                             "unlike the events")
     conversion_event: str | None = Field(None, description="event type that marks a conversion")
+    label_rule: LabelRule | None = Field(None, description="click-only logs: the items (categories) "
+                                                          "whose reach is a conversion")
     gap_minutes: float = Field(0.0, ge=0.0, description="split sessions after this idle time; 0: off")
     item_map: ItemMap | None = Field(None, description="tokens from this map (unmapped ids stay)")
     max_length: int = Field(732, ge=1, description="keep the last L events (paper: max 732)")
@@ -89,14 +132,48 @@ class SampleTable(_Section):
     lon: str = "longitude"
     lat: str = "latitude"
     bands: list[str] = Field(default_factory=list, description="feature columns, in order")
+    unused: list[str] = Field(default_factory=list,
+                              description="columns left unused on purpose: declared in the manifest's "
+                                          "`unused` record, not warned about")
+
+
+def _regexes(values: list[str], key: str) -> list[str]:
+    """`values` unchanged when each compiles as a regular expression; else the error names the key
+    and the pattern as written."""
+    import re  # here, not at the top: only these MODIS keys are regular expressions
+
+    for v in values:
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"data.modis.{key} = {v} is not a regular expression ({e}): fix it") from None
+    return values
 
 
 class LabelRaster(_Section):
-    """A class raster (e.g. the USDA Cropland Data Layer), resampled onto each tile's grid by
-    nearest neighbour; only pixels whose value `classes` names become labelled sequences."""
+    """A class raster (e.g. the USDA Cropland Data Layer), resampled by nearest neighbour onto the
+    grid of every cube (granule tiles and the GeoTIFF cube); only pixels whose value `classes`
+    names become labelled sequences."""
 
     path: str
     classes: dict[str, str] = Field(default_factory=dict, description='raster value → class, {"1" = "corn"}')
+
+
+class PointLabels(_Section):
+    """Labelled points (a CSV, one row per point), each sampled at the nearest pixel of the cube that
+    holds it; a point on no cube's grid is quarantined."""
+
+    path: str
+    label: str = "label"
+    id: str | None = Field(None, description="point id column; none: the table's line number")
+    x: str = Field("longitude", description="column of x: longitude, or easting in `crs`")
+    y: str = Field("latitude", description="column of y: latitude, or northing in `crs`")
+    crs: str = Field("EPSG:4326",
+                     description='CRS of x / y (EPSG or PROJ string), or "cube": the cube\'s own')
+    date: str | None = Field(None, description="optional date column: a point dated outside the cube's "
+                                                "dates is quarantined (its label is another season's)")
+    unused: list[str] = Field(default_factory=list,
+                              description="columns left unused on purpose (declared, not warned about)")
 
 
 class ModisConfig(_Section):
@@ -106,20 +183,49 @@ class ModisConfig(_Section):
     bands: list[str] = Field(default_factory=lambda: [f"sur_refl_b0{i}" for i in range(1, 8)])
     state_layer: str = Field("sur_refl_state_500m", description="QA bits: cloud 0-1, shadow 2")
     mask_clouds: bool = True
-    geotiffs: list[str] = Field(default_factory=list, description="single-band GeoTIFFs, one per date")
+    geotiffs: list[str] = Field(default_factory=list,
+                                description="GeoTIFFs or glob patterns: one per date (and band), or "
+                                            "multi-band stacks whose bands `band_pattern` names")
     name_pattern: str = Field(r"(?P<year>\d{4})_(?P<doy>\d{3})",
                               description="regex on a GeoTIFF's name: date as (?P<date>YYYY-MM-DD) or "
                                           "(?P<year>)(?P<doy>); optional (?P<band>)")
+    band_pattern: str | None = Field(
+        None, description="regex on each band's description (or, without one, its tags as "
+                          "'KEY=value' joined by spaces): (?P<channel>…) and the date as "
+                          "(?P<date>YYYY-MM-DD), (?P<year>)(?P<doy>) or (?P<year>)(?P<month>); a "
+                          "band with a channel but no date (nor one in the file name) is static")
+    band_names: list[str] = Field(
+        default_factory=list, description="in band order, the descriptions of files that have none "
+                                          "(nor tags): parsed by band_pattern / static_bands as theirs "
+                                          "would be; a file with another band count is quarantined")
+    static_bands: list[str] = Field(
+        default_factory=list, description="regexes (full match) on band descriptions or channels of "
+                                          "undated layers (elevation, slope; kept unscaled): the cube's "
+                                          "`static` (static_band, y, x), appended to every sequence step")
+    unused: list[str] = Field(default_factory=list,
+                              description="regexes (full match) of HDF layers and GeoTIFF bands left "
+                                          "unused on purpose: declared in the manifest, not warned about")
     scale: float = Field(1e-4, gt=0.0, description="applied to integer GeoTIFFs (float ones are scaled)")
     composite_days: int = Field(8, ge=1, description="8 for MOD09A1, 16 for MOD13")
     samples: SampleTable | None = None
     labels: LabelRaster | None = None
+    points: PointLabels | None = Field(None, description="labelled points sampled at the cubes' pixels")
     window: int = Field(4, ge=1, description="composites per step (4 x 8 days = the paper's 32 days)")
     stride: int = Field(1, ge=1, description="composites between steps")
     ndvi: bool = Field(True, description="add NDVI from red and nir as a feature")
     process_min_mb: float = Field(256.0, ge=0.0,
                                   description="decode in worker processes (local runs, 2+ cores) from this "
                                               "many MB of decoded pixels on; below, one thread")
+
+    @field_validator("name_pattern", "band_pattern")
+    @classmethod
+    def _pattern(cls, v: str | None, info: Any) -> str | None:
+        return v if v is None else _regexes([v], info.field_name)[0]
+
+    @field_validator("static_bands", "unused")
+    @classmethod
+    def _patterns(cls, v: list[str], info: Any) -> list[str]:
+        return _regexes(v, info.field_name)
 
 
 class ImagesConfig(_Section):

@@ -11,6 +11,7 @@ import numpy as np
 
 PAD, OOV = "<pad>", "<unk>"
 SPLITS = ("train", "val", "test")
+UNUSED_NAMES = 100
 # the manifest `inputs` of a dataset of token sequences (spec.py)
 TOKENS = {"tokens": {"column": "tokens", "shape": [None], "dtype": "int64"}}
 
@@ -24,7 +25,9 @@ def unused(source: str, what: str, names: Iterable[str], declared: bool = False)
     "bands", "layers", "rows", "files"), so nothing is dropped without a word. `declared`: the
     config says to leave them (not shown as a warning in the run summary)."""
     names = [str(n) for n in names]
-    return {"source": source, "what": what, "names": names, "count": len(names), "declared": declared}
+    # the first UNUSED_NAMES names: a tree with 10^5 stray files must not make the manifest huge
+    return {"source": source, "what": what, "names": names[:UNUSED_NAMES], "count": len(names),
+            "declared": declared}
 
 
 @dataclass

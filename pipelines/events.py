@@ -7,14 +7,19 @@ strings: a malformed value then never fails a whole block; it is parsed (and, if
 quarantined) row by row later. Rows with the wrong number of fields and lines that
 are not JSON are quarantined here with their file, line and text.
 
-Every kept row carries `line`, its 1-based line in its file (the header is line 1),
-so later quarantine records can name it.
+Every kept row carries `line`, its 1-based line in its file (the header, if the file
+has one, is line 1), so later quarantine records can name it. A headerless CSV/TSV
+(`header = false`) takes its column names from the layout's `names`, in order.
+
+`read_files` also returns each file's columns (a JSONL file's keys), so the pipeline can
+report the ones it did not use.
 """
 
 from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
@@ -28,6 +33,27 @@ from advorch.pipelines.shards import Quarantine
 from advorch.progress import track
 
 BLOCK_SIZE = 8 * 2**20  # small blocks keep both workers busy and results flowing
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one kind of log file reads (resolved from the config: see clickstream.layouts).
+
+    `origin` maps each setting to the config key it came from, for error messages.
+    """
+
+    format: str = "auto"
+    delimiter: str | None = None
+    header: bool = True
+    names: list[str] = field(default_factory=list)
+    null_values: list[str] = field(default_factory=lambda: ["", "NA", "null"])
+    time_unit: str = "iso"
+    time_zone: str | None = None
+    origin: dict[str, str] = field(default_factory=dict)
+
+    def key(self, setting: str) -> str:
+        """The config key a setting came from (`data.clickstream.<setting>` unless overridden)."""
+        return self.origin.get(setting, f"data.clickstream.{setting}")
 
 
 def expand(patterns: list[str], what: str) -> list[str]:
@@ -47,7 +73,12 @@ def expand(patterns: list[str], what: str) -> list[str]:
     return list(dict.fromkeys(files))
 
 
-def file_format(path: str, declared: str) -> str:
+def file_format(path: str, declared: str, what: str = "data.clickstream.format") -> str:
+    """`declared`, or (for "auto") the format the file name ends with.
+
+    Raises:
+        PipelineError: "auto" and the name ends with no known suffix (`what`: the config key).
+    """
     if declared != "auto":
         return declared
     name = path[:-3] if path.endswith(".gz") else path
@@ -55,7 +86,7 @@ def file_format(path: str, declared: str) -> str:
         if name.endswith(suffix):
             return fmt
     raise PipelineError(f"{path}: cannot tell the format from the name; "
-                        "set data.clickstream.format to csv, tsv or jsonl")
+                        f"set {what} to csv, tsv or jsonl")
 
 
 def header(path: str, delimiter: str) -> list[str]:
@@ -66,22 +97,25 @@ def header(path: str, delimiter: str) -> list[str]:
 
 
 def parse_csv_block(block: bytes, names: list[str], wanted: list[str], delimiter: str,
-                    first_block: bool, null_values: list[str], categorical: list[str]) -> dict[str, Any]:
+                    skip_header: bool, null_values: list[str], categorical: list[str],
+                    named_by: str = "the header") -> dict[str, Any]:
     """One block of a delimited file → {"table", "lines", "bad": [(line, reason, raw)]}.
 
-    Line numbers are block-local and 1-based (the header, in the first block, is line 1).
-    `categorical` columns come dictionary-encoded (ids repeat: smaller to ship, cheaper to group).
+    Line numbers are block-local and 1-based (with `skip_header`, the first block's line 1 is
+    the header and is skipped). `categorical` columns come dictionary-encoded (ids repeat:
+    smaller to ship, cheaper to group). `named_by` says where `names` came from, for the
+    malformed-row reason.
     """
     bad: list[tuple[int, str, str]] = []
 
     def invalid(row: Any) -> str:
-        bad.append((row.number, f"malformed row: {row.actual_columns} fields, the header has "
+        bad.append((row.number, f"malformed row: {row.actual_columns} fields, {named_by} has "
                                 f"{row.expected_columns}", row.text))
         return "skip"
 
     table = pacsv.read_csv(
         io.BytesIO(block),
-        read_options=pacsv.ReadOptions(column_names=names, skip_rows=1 if first_block else 0,
+        read_options=pacsv.ReadOptions(column_names=names, skip_rows=1 if skip_header else 0,
                                        use_threads=False),
         parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=invalid,
                                          ignore_empty_lines=False),
@@ -91,7 +125,7 @@ def parse_csv_block(block: bytes, names: list[str], wanted: list[str], delimiter
                                              include_columns=wanted, null_values=null_values,
                                              strings_can_be_null=True))
     lines = block.count(b"\n") + (0 if block.endswith(b"\n") or not block else 1)
-    first = 2 if first_block else 1
+    first = 2 if skip_header else 1
     keep = np.ones(lines + 1, bool)  # keep[n]: line n holds a parsed row
     keep[:first] = False
     keep[[b[0] for b in bad]] = False
@@ -102,8 +136,8 @@ def parse_csv_block(block: bytes, names: list[str], wanted: list[str], delimiter
 
 
 def parse_jsonl_block(block: bytes, wanted: list[str], categorical: list[str]) -> dict[str, Any]:
-    """One block of a JSON-lines file → {"table", "lines", "bad"}; the fast reader first, line
-    by line only when a line is broken (to name it)."""
+    """One block of a JSON-lines file → {"table", "lines", "bad", "keys"}; the fast reader first,
+    line by line only when a line is broken (to name it). `keys`: every key the block holds."""
     part = _parse_jsonl(block, wanted)
     t = part["table"]
     for c in categorical:
@@ -122,10 +156,10 @@ def _parse_jsonl(block: bytes, wanted: list[str]) -> dict[str, Any]:
             cols = {c: (table.column(c).cast(pa.string()) if c in table.column_names
                         else pa.nulls(table.num_rows, pa.string())) for c in wanted}
             cols["line"] = pa.array(np.arange(1, table.num_rows + 1), pa.int64())
-            return {"table": pa.table(cols), "lines": len(lines), "bad": []}
+            return {"table": pa.table(cols), "lines": len(lines), "bad": [], "keys": table.column_names}
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             pass
-    rows, kept, bad = [], [], []
+    rows, kept, bad, keys = [], [], [], {}
     for i, raw in enumerate(lines, 1):
         try:
             record = json.loads(raw)
@@ -137,39 +171,71 @@ def _parse_jsonl(block: bytes, wanted: list[str]) -> dict[str, Any]:
             continue
         rows.append({c: None if record.get(c) is None else str(record[c]) for c in wanted})
         kept.append(i)
+        keys.update(dict.fromkeys(record))
     table = pa.Table.from_pylist(rows, schema=pa.schema([(c, pa.string()) for c in wanted]))
-    return {"table": table.append_column("line", pa.array(kept, pa.int64())), "lines": len(lines), "bad": bad}
+    return {"table": table.append_column("line", pa.array(kept, pa.int64())), "lines": len(lines),
+            "bad": bad, "keys": list(keys)}
 
 
-def read_files(paths: list[str], wanted: list[str], *, declared_format: str, delimiter: str | None,
-               null_values: list[str], client: Any, quarantine: Quarantine, what: str,
-               categorical: list[str | None]) -> pa.Table:
-    """Every file's mapped columns as one table with `source` (index into `paths`) and `line`.
+def columns_of(path: str, layout: Layout, wanted: list[str], what: str) -> tuple[list[str], str]:
+    """(the column names, the separator) of a CSV/TSV file under `layout`.
 
     Raises:
-        PipelineError: a file lacks a mapped column (named, with the columns it has).
+        PipelineError: a mapped column is not among them, or a headerless file's first line has
+            another number of fields than `names` lists; the message names the file, the column
+            as the config writes it and the key to fix.
+    """
+    tsv = file_format(path, layout.format, layout.key("format")) == "tsv"
+    sep = "\t" if tsv else (layout.delimiter or ",")
+    first = header(path, sep)
+    if layout.header:
+        names, given = first, "in its header"
+    elif not layout.names:
+        raise PipelineError(f"{path}: {layout.key('header')} is false but {layout.key('names')} is "
+                            f"empty: list the file's {len(first)} columns in order, e.g. names = "
+                            f"{json.dumps([f'col{i + 1}' for i in range(len(first))])}")
+    elif len(layout.names) != len(first):
+        raise PipelineError(f"{path}: line 1 has {len(first)} fields (read with {sep!r}) but "
+                            f"{layout.key('names')} lists {len(layout.names)} ({', '.join(layout.names)}): "
+                            "list every column of the file in order")
+    else:
+        names, given = layout.names, f"in {layout.key('names')}"
+    missing = [c for c in wanted if c not in names]
+    if missing:
+        raise PipelineError(
+            f"{path}: no column {', '.join(map(repr, missing))} {given} "
+            f"(it has {', '.join(map(repr, names))}); map the right names in {what} "
+            f"or set {layout.key('delimiter')} (read with {sep!r})")
+    return names, sep
+
+
+def read_files(paths: list[str], wanted: list[str], *, layout: Layout, client: Any, quarantine: Quarantine,
+               what: str, categorical: list[str | None]) -> tuple[pa.Table, dict[str, list[str]]]:
+    """Every file's mapped columns as one table with `source` (index into `paths`) and `line`;
+    and per file the columns it has (a JSONL file's keys), used or not.
+
+    Raises:
+        PipelineError: a file lacks a mapped column (named, with the columns it has), or a
+            headerless file does not match its `names`.
     """
     from dask.bytes import read_bytes
     from dask.delayed import delayed
 
     jobs: list[tuple[int, Any]] = []
+    columns: dict[str, list[str]] = {}
     for index, path in enumerate(paths):
-        fmt = file_format(path, declared_format)
+        fmt = file_format(path, layout.format, layout.key("format"))
         gz = path.endswith(".gz")
         _, [blocks] = read_bytes(path, delimiter=b"\n", blocksize=None if gz else BLOCK_SIZE,
                                  sample=False, compression="gzip" if gz else None)
         if fmt == "jsonl":
             jobs += [(index, delayed(parse_jsonl_block)(b, wanted, categorical)) for b in blocks]
             continue
-        sep = "\t" if fmt == "tsv" else (delimiter or ",")
-        names = header(path, sep)
-        missing = [c for c in wanted if c not in names]
-        if missing:
-            raise PipelineError(
-                f"{path}: no column {', '.join(map(repr, missing))} in its header "
-                f"(it has {', '.join(map(repr, names))}); map the right names in {what} "
-                f"or set data.clickstream.delimiter (read with {sep!r})")
-        jobs += [(index, delayed(parse_csv_block)(b, names, wanted, sep, i == 0, null_values, categorical))
+        names, sep = columns_of(path, layout, wanted, what)
+        columns[path] = names
+        named_by = "the header" if layout.header else layout.key("names")
+        jobs += [(index, delayed(parse_csv_block)(b, names, wanted, sep, i == 0 and layout.header,
+                                                  layout.null_values, categorical, named_by))
                  for i, b in enumerate(blocks)]
     futures = client.compute([j for _, j in jobs])
     tables, offsets = [], [0] * len(paths)
@@ -178,11 +244,14 @@ def read_files(paths: list[str], wanted: list[str], *, declared_format: str, del
         first = offsets[index]
         for line, reason, raw in part["bad"]:
             quarantine.add(paths[index], reason, line=first + line, raw=raw)
+        if "keys" in part:  # JSONL: the keys of every block, in order of first sight
+            columns[paths[index]] = list(dict.fromkeys([*columns.get(paths[index], []), *part["keys"]]))
         t = part["table"]
         t = t.set_column(t.column_names.index("line"), "line", pa.compute.add(t.column("line"), first))
         tables.append(t.append_column("source", pa.array(np.full(t.num_rows, index, np.int32))))
         offsets[index] += part["lines"]
     if not tables:
-        return pa.schema([*((c, pa.dictionary(pa.int32(), pa.string()) if c in categorical else pa.string())
-                            for c in wanted), ("line", pa.int64()), ("source", pa.int32())]).empty_table()
-    return pa.concat_tables(tables)
+        empty = pa.schema([*((c, pa.dictionary(pa.int32(), pa.string()) if c in categorical else pa.string())
+                             for c in wanted), ("line", pa.int64()), ("source", pa.int32())]).empty_table()
+        return empty, columns
+    return pa.concat_tables(tables), columns

@@ -37,7 +37,7 @@ import pyarrow as pa
 
 from advorch import __version__
 from advorch.config import DataConfig, ImagesConfig
-from advorch.pipelines.common import SPLITS, PipelineError, Summary, stratified_split
+from advorch.pipelines.common import SPLITS, PipelineError, Summary, stratified_split, unused
 from advorch.pipelines.shards import (
     HASH,
     DatasetWriter,
@@ -160,9 +160,9 @@ def _inside(path: str, root: str) -> bool:
     return os.path.commonpath([path, root]) == root
 
 
-def scan_folder(root: str, class_level: str, extensions: list[str]) -> tuple[list[Candidate], int]:
-    """Every file under `root` with an allowed suffix, classed or rejected; and how many files
-    were skipped for their suffix. Symlinked folders are never descended into.
+def scan_folder(root: str, class_level: str, extensions: list[str]) -> tuple[list[Candidate], list[str]]:
+    """Every file under `root` with an allowed suffix, classed or rejected; and the files (paths
+    under root) skipped for their suffix. Symlinked folders are never descended into.
 
     Raises:
         PipelineError: root is missing or not a folder.
@@ -175,7 +175,7 @@ def scan_folder(root: str, class_level: str, extensions: list[str]) -> tuple[lis
     exts = {e.lower() for e in extensions}
     shown_root = str(root).rstrip("/")
     found: list[Candidate] = []
-    skipped = 0
+    skipped: list[str] = []
     for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
         dirnames.sort()  # a deterministic walk: the same tree gives the same rows in the same order
         here = Path(dirpath)
@@ -192,7 +192,7 @@ def scan_folder(root: str, class_level: str, extensions: list[str]) -> tuple[lis
         for name in sorted(filenames):
             path = here / name
             if path.suffix.lower() not in exts:
-                skipped += 1
+                skipped.append(path.relative_to(base).as_posix())
                 continue
             rel = path.relative_to(base).as_posix()
             shown = f"{shown_root}/{rel}"
@@ -382,6 +382,7 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
         classes = [str(d) for d in range(10)]
         ids = np.array([f"digits/{i}" for i in range(len(labels))], dtype=object)
         extra_images = {"decoded": len(labels), "resized": 0}
+        extra_unused: list[dict] = []  # every image, every pixel of sklearn's digits
         empty: list[str] = []
         found: list[Candidate] | None = None
     else:
@@ -395,7 +396,7 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
         if len(classed) < 2:
             raise PipelineError(
                 f"data.images.root {im.root}: {len(found)} files with suffix {', '.join(im.extensions)} "
-                f"({skipped} others skipped), in {len(classed)} class folder(s) "
+                f"({len(skipped)} others skipped), in {len(classed)} class folder(s) "
                 f"{sorted(classed) or ''}; a classifier needs images in at least two class folders "
                 f"(class_level {im.class_level!r}: "
                 + ("root/CLASS/img" if im.class_level == "top" else "root/GROUP/CLASS/img")
@@ -423,7 +424,8 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
             labels = np.array([index[c.cls] for c in good], dtype=np.int64)
             ids = np.array([c.rel for c in good], dtype=object)
             extra_images = {"files": len(found), "decoded": len(good), "resized": n_resized,
-                            "skipped_suffix": skipped}
+                            "skipped_suffix": len(skipped)}
+            extra_unused = [unused(im.root, "files", skipped)] if skipped else []
         quarantine.records.sort(key=lambda r: r["source"])  # the scan's and the workers' in one order
         splits = write_splits(writer, ids, labels, pixels, classes, cfg)
         counts = np.bincount(labels, minlength=len(classes))
@@ -435,7 +437,7 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
                                "range": [0.0, 1.0]}},
             task="classification",
             extra={"class_counts": {name: int(counts[i]) for i, name in enumerate(classes)},
-                   "empty_classes": empty, "images": extra_images},
+                   "empty_classes": empty, "images": extra_images, "unused": extra_unused},
         )
     except BaseException:
         writer.abort()

@@ -4,8 +4,13 @@
     granules (HDF4) ─ read + scale + QA masks ─► per tile: stack by date, fill date
     gaps with empty composites, mask fill/cloud/shadow, gap-fill linearly along time
     ─► side/cube-<tile>.zarr          (time, band, y, x), CRS + transform as attributes
-    GeoTIFFs (one per date/band) ─ read ─► side/cube-geotiff.zarr (time, band, y, x)
-    sample table (point, date, bands) ─► windows ─► parts/*.parquet (features (T·F), label)
+    GeoTIFFs (one per date/band, or multi-band stacks whose band descriptions name each
+    band's date and channel) ─ read every band ─► side/cube-geotiff.zarr: value (time,
+    band, y, x), and static (static_band, y, x) for undated layers (elevation, slope)
+    labels: a class raster (nearest neighbour onto each cube's grid) and / or labelled
+    points (nearest pixel), on granule and GeoTIFF cubes alike ─► series
+    sample table (point, date, bands) ─► series
+    series ─► windows (+ static features on every step) ─► parts/*.parquet (features (T·F), label)
 
 Reading runs on the `--dask-address` cluster's workers; in a local run, in a pool of worker
 processes that decode into a shared memory-mapped stack per tile when the pixels are many
@@ -27,7 +32,13 @@ change of parameters rebuilds everything.
 Quarantined, with the file and the reason: unreadable or truncated HDF, a granule whose
 grid differs from its tile's, a missing band, a duplicate date; recorded as gaps: a
 composite missing from a tile's time series (the cube holds it as all-NaN, then filled);
-and pixels with no valid observation at all (left NaN in `filled`; one record per image row).
+and pixels with no valid observation at all (left NaN in `filled`; one record per image row);
+a GeoTIFF whose bands nothing maps (no date in its name, no matching band description), and
+labelled points on no cube's grid.
+
+Nothing is left without a word: the HDF layers, GeoTIFF bands and table columns a reader did
+not use are the manifest's `unused` records (one per distinct set, with a file count), declared
+when data.modis.unused (or the table's `unused`) names them, else shown in the run summary.
 """
 
 from __future__ import annotations
@@ -51,16 +62,19 @@ import numpy as np
 import pyarrow as pa
 
 from advorch import __version__
-from advorch.config import DataConfig, LabelRaster, ModisConfig
-from advorch.pipelines.common import PipelineError, Summary
+from advorch.config import DataConfig, ModisConfig
+from advorch.pipelines.common import PipelineError, Summary, unused
 from advorch.pipelines.events import expand
 from advorch.pipelines.rasters import (
     FLAGS,
     Grid,
     RasterError,
     SharedStack,
+    band_layout,
     decode_granule,
+    geotiff_labels,
     granule_date,
+    hdf_layers,
     read_geotiff,
     read_hdf_grid,
     scale_into,
@@ -274,41 +288,6 @@ def ndvi(red: np.ndarray, nir: np.ndarray) -> np.ndarray:
     return out
 
 
-def pixel_series(ds, spec: LabelRaster, quarantine: Quarantine):
-    """The labelled pixels of a tile cube as series of its gap-filled bands (and NDVI): the
-    label raster resampled onto the tile's grid by nearest neighbour."""
-    import rasterio
-    from rasterio.crs import CRS
-    from rasterio.transform import Affine
-    from rasterio.warp import Resampling, reproject, transform
-
-    from advorch.pipelines.samples import Series
-
-    with rasterio.open(spec.path) as src:
-        raw = src.read(1)
-        on_grid = np.full((ds.sizes["y"], ds.sizes["x"]), -1, np.int64)
-        reproject(raw.astype(np.int64), on_grid, src_transform=src.transform, src_crs=src.crs,
-                  src_nodata=src.nodata, dst_transform=Affine(*ds.attrs["transform"]),
-                  dst_crs=CRS.from_string(ds.attrs["crs"]), dst_nodata=-1, resampling=Resampling.nearest)
-    names = np.array([spec.classes.get(str(v), "") for v in range(int(on_grid.max()) + 2)], dtype=object)
-    label = np.where(on_grid >= 0, names[np.maximum(on_grid, 0)], "")
-    rows, cols = np.nonzero(label != "")
-    if not len(rows):
-        quarantine.add(spec.path, f"no labelled pixel: no value of data.modis.labels.classes on tile "
-                                  f"{ds.attrs['tile']}")
-    values = ds["filled"].values[:, :, rows, cols].transpose(2, 0, 1)  # (n, time, band)
-    bands = [str(b) for b in ds.band.values]
-    if "ndvi" in ds:
-        values = np.concatenate([values, ds["ndvi"].values[:, rows, cols].T[..., None]], axis=2)
-        bands.append("ndvi")
-    x, y = ds.x.values[cols], ds.y.values[rows]
-    lon, lat = transform(CRS.from_string(ds.attrs["crs"]), "EPSG:4326", x.tolist(), y.tolist())
-    tile = ds.attrs["tile"]
-    return Series(np.array([f"{tile}:{r}:{c}" for r, c in zip(rows, cols, strict=True)], dtype=object),
-                  label[rows, cols].astype(str), values.astype(np.float32), bands, np.asarray(lon),
-                  np.asarray(lat), np.full(len(rows), str(ds.time.values[0])[:10]))
-
-
 def record_holes(ds, quarantine: Quarantine) -> None:
     """Quarantine records of a tile cube's holes: composites no granule gave (held as missing,
     gap-filled) and pixels with no valid observation on any date (left NaN)."""
@@ -352,36 +331,65 @@ def cube_layers(uri: str) -> list[dict[str, Any]]:
     return layers
 
 
-def name_date(name: str, pattern: str) -> tuple[_dt.date, str | None]:
-    """(date, band or None) from a file name by the config's pattern.
-
-    Raises:
-        RasterError: the name does not match or holds no date.
-    """
-    m = re.search(pattern, name)
-    if not m:
-        raise RasterError(f"file name does not match data.modis.name_pattern {pattern!r}")
-    g = m.groupdict()
-    if g.get("date"):
-        date = _dt.date.fromisoformat(g["date"])
-    elif g.get("year") and g.get("doy"):
-        date = _dt.date(int(g["year"]), 1, 1) + _dt.timedelta(int(g["doy"]) - 1)
-    else:
-        raise RasterError("data.modis.name_pattern needs (?P<date>…) or (?P<year>…)(?P<doy>…)")
-    return date, g.get("band")
+def audit(source: str, what: str, names: list[str], declared: list[str],
+          files: int = 1) -> list[dict[str, Any]]:
+    """The manifest `unused` records of the `names` a reader left in `source` (and in `files` − 1
+    more files like it): the ones a `declared` regex fully matches as declared, the rest not;
+    [] when nothing was left."""
+    said = [n for n in names if any(re.fullmatch(p, n) for p in declared)]
+    rest = [n for n in names if n not in said]
+    return [{**unused(source, what, group, declared=flag), "files": files}
+            for group, flag in ((rest, False), (said, True)) if group]
 
 
-def geotiff_cube(paths: list[str], cfg: ModisConfig, workers: Any, quarantine: Quarantine):
-    """Single-band GeoTIFFs (one per date and band) → xarray Dataset (time, band, y, x)."""
+def audit_files(left: dict[str, list[str]], what: str, declared: list[str]) -> list[dict[str, Any]]:
+    """`audit` records of what each file left, one per distinct set of names, its first file the
+    source (with the count): 184 granules that leave the same layers are one record, not 184."""
+    by: dict[tuple[str, ...], list[str]] = {}
+    for path, names in sorted(left.items()):
+        if names:
+            by.setdefault(tuple(names), []).append(path)
+    return [r for names, paths in by.items()
+            for r in audit(paths[0], what, list(names), declared, len(paths))]
+
+
+def hdf_unused(granules: list[str], cfg: ModisConfig) -> list[dict[str, Any]]:
+    """The `unused` records of the granules' layers that are neither data.modis.bands nor
+    state_layer. Each tile's layers are listed from its first readable granule only: a tile's
+    granules are one product, with the same layers (a listing costs an open, ≈ 0.3 ms)."""
+    tiles: dict[str, list[str]] = {}
+    for path in granules:
+        try:
+            tiles.setdefault(granule_date(path)[1], []).append(path)
+        except RasterError:
+            continue  # the reader quarantines it by name
+    used = {*cfg.bands, cfg.state_layer}
+    left: dict[str, list[str]] = {}
+    for paths in tiles.values():
+        names = [n for n in _first_layers(sorted(paths)) if n not in used]
+        left.update(dict.fromkeys(paths, names))
+    return audit_files(left, "layers", cfg.unused)
+
+
+def _first_layers(paths: list[str]) -> list[str]:
+    for path in paths:
+        try:
+            return hdf_layers(path)
+        except RasterError:
+            continue  # unreadable: quarantined by the decoding
+    return []
+
+
+def geotiff_cube(paths: list[str], cfg: ModisConfig, workers: Any,
+                 quarantine: Quarantine) -> tuple[Any, list[dict[str, Any]]]:
+    """GeoTIFFs (one per date and band, or multi-band stacks; see rasters.band_layout) → (xarray
+    Dataset or None, the `unused` records of the bands nothing mapped). The Dataset holds
+    "value" (time, band, y, x) and, when some bands are static, "static" (static_band, y, x)."""
     import xarray as xr
 
-    named = {}
-    for p in paths:
-        try:
-            named[p] = name_date(p.rsplit("/", 1)[-1], cfg.name_pattern)
-        except RasterError as e:
-            quarantine.add(p, str(e))
-    futures = _map_batched(workers, _read_tiff, [(p,) for p in named], scale=cfg.scale)
+    futures = _map_batched(workers, _read_tiff, [(p,) for p in paths], scale=cfg.scale,
+                           name_pattern=cfg.name_pattern, band_pattern=cfg.band_pattern,
+                           static_bands=cfg.static_bands, band_names=cfg.band_names)
     layers = {}
     for fut in track(futures, "reading GeoTIFFs", total=len(futures)):
         for r in fut.result():
@@ -389,22 +397,24 @@ def geotiff_cube(paths: list[str], cfg: ModisConfig, workers: Any, quarantine: Q
                 quarantine.add(r["path"], r["error"])
             else:
                 layers[r["path"]] = r
+    left = audit_files({p: r["unmapped"] for p, r in layers.items()}, "bands", cfg.unused)
     if not layers:
-        return None
+        return None, left
     common = Counter(r["grid"].key for r in layers.values()).most_common(1)[0][0]
     ref = next(r["grid"] for r in layers.values() if r["grid"].key == common)
     cells: dict[tuple[_dt.date, str], np.ndarray] = {}
+    statics: dict[str, np.ndarray] = {}
     for p, r in sorted(layers.items()):
         g = r["grid"]
         if g.key != ref.key:
             quarantine.add(p, f"grid differs: {g.width}x{g.height} at {g.upper_left}, the stack's is "
                               f"{ref.width}x{ref.height} at {ref.upper_left}")
             continue
-        date, band = named[p]
-        if (date, band or "value") in cells:
-            quarantine.add(p, f"duplicate date: a file for {date} {band or ''} came first")
-            continue
-        cells[(date, band or "value")] = r["values"]
+        _place(p, r, cells, statics, quarantine)
+    if not cells:
+        for p in layers:
+            quarantine.add(p, "no dated band: a cube needs bands with dates (see data.modis.band_pattern)")
+        return None, left
     dates = sorted({d for d, _ in cells})
     bands = sorted({b for _, b in cells})
     empty = np.full((ref.height, ref.width), np.nan, np.float32)
@@ -414,17 +424,48 @@ def geotiff_cube(paths: list[str], cfg: ModisConfig, workers: Any, quarantine: Q
                 quarantine.add(f"{d}/{b}", "date gap: no file for this date and band; held as missing")
     cube = np.stack([np.stack([cells.get((d, b), empty) for b in bands]) for d in dates])
     x, y = ref.coords()
-    return xr.Dataset({"value": (("time", "band", "y", "x"), cube)},
-                      coords={"time": np.array(dates, dtype="datetime64[ns]"),
-                              "band": np.array(bands, dtype=object), "y": y, "x": x},
-                      attrs={"crs": ref.crs, "transform": list(ref.transform)})
+    ds = xr.Dataset({"value": (("time", "band", "y", "x"), cube)},
+                    coords={"time": np.array(dates, dtype="datetime64[ns]"),
+                            "band": np.array(bands, dtype=object), "y": y, "x": x},
+                    attrs={"crs": ref.crs, "transform": list(ref.transform)})
+    if statics:
+        names = sorted(statics)
+        ds["static"] = (("static_band", "y", "x"), np.stack([statics[n] for n in names]))
+        ds = ds.assign_coords(static_band=np.array(names, dtype=object))
+    return ds, left
 
 
-def _read_tiff(path: str, scale: float) -> dict[str, Any]:
+def _place(path: str, layer: dict[str, Any], cells: dict[tuple[_dt.date, str], np.ndarray],
+           statics: dict[str, np.ndarray], quarantine: Quarantine) -> None:
+    """A file's bands into the cube's cells ((date, channel) → array) and static layers (name →
+    array); a band that repeats one already placed is quarantined."""
+    for values, role in zip(layer["values"], layer["roles"], strict=True):
+        if role.date is None:
+            if role.channel in statics:
+                quarantine.add(path, f"duplicate static band: {role.channel} came first from another band")
+            else:
+                statics[role.channel] = values
+        elif (role.date, role.channel) in cells:
+            quarantine.add(path, f"duplicate date: a band for {role.date} {role.channel} came first")
+        else:
+            cells[(role.date, role.channel)] = values
+
+
+def _read_tiff(path: str, scale: float, name_pattern: str, band_pattern: str | None,
+               static_bands: list[str], band_names: list[str]) -> dict[str, Any]:
+    """A worker's task: the mapped bands of a GeoTIFF, {"path", "values" (band, y, x), "grid",
+    "roles" (one per band read), "unmapped" (the labels of the bands not read)}, or {"path", "error"}."""
     try:
-        return {"path": path, **read_geotiff(path, scale)}
+        labels = geotiff_labels(path, band_names)
+        layout = band_layout(path, labels, name_pattern, band_pattern, static_bands)
+        read = [k + 1 for k, role in enumerate(layout) if role]
+        static = frozenset(k + 1 for k, role in enumerate(layout) if role and role.date is None)
+        out = read_geotiff(path, scale, read, static)
     except RasterError as e:
         return {"path": path, "error": str(e)}
+    unmapped = [label or f"band {k + 1}" for k, (label, role) in enumerate(zip(labels, layout, strict=True))
+                if role is None]
+    return {"path": path, **out, "roles": [role for role in layout if role], "unmapped": unmapped}
 
 
 def write_zarr(ds, uri: str) -> None:
@@ -559,14 +600,14 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
         ShardError: the output folder cannot be written.
     """
     m, output = cfg.modis, output or cfg.output
-    if m.labels and not m.granules:
-        raise PipelineError("data.modis.labels labels the pixels of granule cubes: list data.modis.granules")
     if not (m.granules or m.geotiffs or m.samples):
         raise PipelineError("data.modis names no granules, geotiffs or samples: nothing to build")
+    if (m.labels or m.points) and not (m.granules or m.geotiffs):
+        raise PipelineError("data.modis.labels / data.modis.points label the pixels of cubes: list "
+                            "data.modis.granules or data.modis.geotiffs")
     granules = expand(m.granules, "data.modis.granules") if m.granules else []
     tiffs = expand(m.geotiffs, "data.modis.geotiffs") if m.geotiffs else []
-    sample_files = [m.samples.path] if m.samples else []
-    sample_files += [m.labels.path] if m.labels else []
+    sample_files = [s.path for s in (m.samples, m.labels, m.points) if s]
     previous = read_manifest(output)
     params = _params(cfg)
     reusable = previous if previous and previous.get("params") == params else None
@@ -580,7 +621,7 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
     if reusable and sources_unchanged(previous, pending.result(), params):
         return Summary.of(output, previous, up_to_date=True)
 
-    from advorch.pipelines.samples import concat, read_samples, write_sequences
+    from advorch.pipelines.samples import Labeller, concat, read_samples, write_sequences
 
     quarantine = Quarantine()
     writer = DatasetWriter(output, kind="modis", health=cfg.health)
@@ -592,6 +633,8 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
     switch = sys.getswitchinterval()
     sys.setswitchinterval(1e-4)
     try:
+        left = hdf_unused(granules, m)  # the manifest's `unused` records: what the readers did not use
+        labeller = Labeller(m, quarantine) if m.labels or m.points else None
         plan = plan_tiles(granules, pending.result() if reusable else None, reusable)
         todo = {tile: t["decode"] for tile, t in plan.items() if t["decode"]}
         local = not (dask_address or os.environ.get("DASK_SCHEDULER_ADDRESS"))
@@ -613,8 +656,8 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
                     ds = tile_cube(old + new, m, quarantine, stacks.get(tile))
                     write_zarr(ds, writer.side_dir_uri(f"cube-{tile}.zarr"))
                 record_holes(ds, quarantine)
-                if m.labels:
-                    series.append(pixel_series(ds, m.labels, quarantine))
+                if labeller:
+                    series += labeller.label(ds, tile)
                 cubes[tile] = describe(ds, list(ds.attrs["granules"].values()))
                 # one tile in memory at a time: its granules, stack and cube go before the next
                 # tile is decoded (a tile-year at 2400 x 2400 px is ≈ 8 GB)
@@ -625,14 +668,22 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
                      "tiles_kept": sum(bool(t["keep"]) for t in plan.values()),
                      "tiles_extended": sum(bool(t["layers"]) for t in plan.values())}
             if tiffs:
-                ds = geotiff_cube(tiffs, m, workers, quarantine)
+                ds, bands_left = geotiff_cube(tiffs, m, workers, quarantine)
+                left += bands_left
                 if ds is not None:
                     write_zarr(ds, writer.side_dir_uri("cube-geotiff.zarr"))
                     cubes["geotiff"] = describe(ds)
+                    series += labeller.label(ds, "geotiff") if labeller else []
         if (granules or tiffs) and not cubes and not m.samples:
-            raise PipelineError(f"no granule or GeoTIFF was usable: {quarantine.by_reason()}")
+            first = quarantine.records[0] if quarantine.records else {"source": "-", "reason": "-"}
+            raise PipelineError(f"no granule or GeoTIFF was usable: {quarantine.by_reason()}; the first: "
+                                f"{first['source']}: {first['reason']}")
+        if labeller:
+            left += labeller.finish()
         if m.samples:
-            series.append(read_samples(cfg, quarantine))
+            samples, columns_left = read_samples(cfg, quarantine)
+            series.append(samples)
+            left += columns_left
         sources = pending.result()
         digest = {src["path"]: src[HASH] for src in sources}
         for cube in cubes.values():
@@ -643,7 +694,7 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
                                  quarantine=quarantine, params=params, classes=classes, shapes=shapes,
                                  inputs={"features": {"column": "features", "shape": shapes["features"],
                                                       "dtype": "float32"}} if series else {},
-                                 extra={"cubes": cubes, "incremental": stats, **extra})
+                                 extra={"cubes": cubes, "incremental": stats, "unused": left, **extra})
     except BaseException:
         writer.abort()
         raise

@@ -7,10 +7,11 @@ lower-right corners in metres, projection) is parsed from the granule's
 6,371,007.181 m; the corners are the outer edges of the corner pixels (as GDAL reads
 them), so pixel centres sit half a pixel inside.
 
-GeoTIFF: one file per date (and band); the date and band come from a regular
-expression on the file name. Integer files are scaled by `scale` (MOD13 NDVI: 1e-4);
-float files are taken as already scaled (the MOD13A1 2016 stack switches from int16 to
-float32 for its last two dates).
+GeoTIFF: every band of a file is read. One file per date (and band), the date and band
+from a regular expression on the file name; or multi-band stacks, each band's date and
+channel from its description or tags (see modis.band_layout). Integer bands are scaled by
+`scale` (MOD13 NDVI: 1e-4), static ones (elevation) not; float files are taken as already
+scaled (the MOD13A1 2016 stack switches from int16 to float32 for its last two dates).
 """
 
 from __future__ import annotations
@@ -191,6 +192,23 @@ def _grid(sd: Any, band: str) -> Grid:
     return parse_struct_metadata(struct, band)
 
 
+def hdf_layers(path: str) -> list[str]:
+    """The names of a granule's datasets (for the manifest's record of the layers not used).
+
+    Raises:
+        RasterError: not a readable HDF4 file.
+    """
+    from pyhdf.error import HDF4Error
+
+    sd = _open(path)
+    try:
+        return sorted(sd.datasets())
+    except HDF4Error as e:
+        raise RasterError(f"HDF4 read failed: {e}; truncated or corrupt, re-download it") from None
+    finally:
+        sd.end()
+
+
 def read_hdf_grid(path: str, band: str) -> Grid:
     """The grid of `band` in a granule, from its metadata alone (no pixels read; ≈ 1 ms).
 
@@ -334,8 +352,44 @@ def scale_into(out: np.ndarray, raws: list[np.ndarray], scales: list[float], off
             o += np.float32(offset)
 
 
-def read_geotiff(path: str, scale: float) -> dict[str, Any]:
-    """One single-band GeoTIFF: {"values" (y, x) float32 with NaN at nodata, "grid"}.
+def band_labels(descriptions: tuple[str | None, ...], tags: list[dict[str, str]]) -> list[str]:
+    """Per band, the text its (date, channel) is parsed from: the band's description, or, without
+    one, its tags as "KEY=value" joined by spaces (sorted by key); "" when it has neither."""
+    return [d or " ".join(f"{k}={v}" for k, v in sorted(t.items())) for d, t in zip(descriptions, tags,
+                                                                                     strict=True)]
+
+
+def geotiff_labels(path: str, band_names: list[str] | None = None) -> list[str]:
+    """The `band_labels` of a GeoTIFF (one per band), from its header alone (no pixels read); for
+    a file whose bands have neither descriptions nor tags, `band_names` (data.modis.band_names)
+    when given.
+
+    Raises:
+        RasterError: rasterio cannot open it, or `band_names` has another count than its bands.
+    """
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    try:
+        with rasterio.open(path) as r:
+            labels = band_labels(r.descriptions, [r.tags(b) for b in r.indexes])
+    except RasterioIOError as e:
+        raise RasterError(f"not a readable GeoTIFF: {e}") from None
+    if not band_names or any(labels):
+        return labels
+    if len(band_names) != len(labels):
+        raise RasterError(f"{len(labels)} bands without descriptions, but data.modis.band_names names "
+                          f"{len(band_names)}: list one name per band (or write the band descriptions)")
+    return list(band_names)
+
+
+def read_geotiff(path: str, scale: float, bands: list[int] | None = None,
+                 unscaled: frozenset[int] = frozenset()) -> dict[str, Any]:
+    """The bands of a GeoTIFF: {"values" (band, y, x) float32 with NaN at nodata, "grid"}.
+
+    `bands`: the 1-based band indexes to read, in that order (None: every band). Integer bands
+    are multiplied by `scale`, except those whose index is in `unscaled` (static layers such as
+    elevation are in their own units).
 
     Raises:
         RasterError: rasterio cannot open it, or it has no georeferencing.
@@ -345,7 +399,8 @@ def read_geotiff(path: str, scale: float) -> dict[str, Any]:
 
     try:
         with rasterio.open(path) as r:
-            raw = r.read(1)
+            bands = bands or list(r.indexes)
+            raw = r.read(bands)
             nodata = r.nodata
             if r.crs is None:
                 raise RasterError("no CRS: the GeoTIFF is not georeferenced")
@@ -359,5 +414,126 @@ def read_geotiff(path: str, scale: float) -> dict[str, Any]:
         values[raw == nodata] = np.nan
     values[~np.isfinite(values)] = np.nan
     if np.issubdtype(raw.dtype, np.integer):
-        values *= np.float32(scale)
+        for k, band in enumerate(bands):
+            if band not in unscaled:
+                values[k] *= np.float32(scale)
     return {"values": values, "grid": grid}
+
+
+def _date(groups: dict[str, str | None]) -> _dt.date | None:
+    """The date a pattern's named groups give: date (ISO), year + doy, or year + month (its 1st).
+
+    Raises:
+        ValueError: the groups hold no valid date (month 13, day of year 400).
+    """
+    if groups.get("date"):
+        return _dt.date.fromisoformat(groups["date"])
+    if groups.get("year") and groups.get("doy"):
+        year = int(groups["year"])
+        day = _dt.date(year, 1, 1) + _dt.timedelta(int(groups["doy"]) - 1)
+        if day.year != year:
+            raise ValueError(f"day of year {groups['doy']} is not in {year}")
+        return day
+    if groups.get("year") and groups.get("month"):
+        return _dt.date(int(groups["year"]), int(groups["month"]), 1)
+    return None
+
+
+def name_date(name: str, pattern: str) -> tuple[_dt.date, str | None]:
+    """(date, band or None) from a file name by data.modis.name_pattern.
+
+    Raises:
+        RasterError: the name does not match or holds no date (the message shows the name and the
+            pattern as written in the config).
+    """
+    m = re.search(pattern, name)
+    if not m:
+        # the pattern as written in the config, not its repr (which doubles every backslash)
+        raise RasterError(f"file name does not match data.modis.name_pattern: '{name}' against "
+                          f"'{pattern}'; fix the pattern or rename the file")
+    try:
+        date = _date(m.groupdict())
+    except ValueError as e:
+        raise RasterError(f"file name {name}: {e} (data.modis.name_pattern = {pattern})") from None
+    if date is None:
+        raise RasterError(f"data.modis.name_pattern = {pattern} matched {name} but gives no date: it needs "
+                          "(?P<date>…) or (?P<year>…)(?P<doy>…)")
+    return date, m.groupdict().get("band")
+
+
+@dataclass(frozen=True)
+class BandRole:
+    """What one GeoTIFF band is: a time step of a channel (`date` set) or a static layer."""
+
+    channel: str
+    date: _dt.date | None = None
+
+
+def band_role(label: str, named: tuple[_dt.date, str | None] | None, band_pattern: str | None,
+              static_bands: list[str]) -> BandRole | None:
+    """The role of a band with this `band_labels` text, or None when nothing maps it.
+
+    A `static_bands` regex that fully matches the text or the pattern's channel makes it static;
+    else `band_pattern` gives its channel and date (the date from the file name, `named`, when
+    the description has none; neither: static).
+
+    Raises:
+        RasterError: the description matches but its date is not valid.
+    """
+    m = re.search(band_pattern, label) if band_pattern and label else None
+    groups = m.groupdict() if m else {}
+    channel = groups.get("channel") or label
+    if any(re.fullmatch(p, label) or re.fullmatch(p, channel) for p in static_bands):
+        return BandRole(channel)
+    if not m:
+        return None
+    try:
+        date = _date(groups) or (named[0] if named else None)
+    except ValueError as e:
+        raise RasterError(f"band description '{label}': {e} (data.modis.band_pattern = {band_pattern})") \
+            from None
+    return BandRole(groups.get("channel") or (named[1] if named else None) or "value", date)
+
+
+def band_layout(path: str, labels: list[str], name_pattern: str, band_pattern: str | None = None,
+                static_bands: list[str] | None = None) -> list[BandRole | None]:
+    """Per band of a GeoTIFF (its `band_labels`), its role, or None for a band nothing maps (the
+    manifest records those as unused).
+
+    A single-band file that no band key maps takes its date and band from its name (one file per
+    date and band); a multi-band one needs `band_pattern` or `static_bands`.
+
+    Raises:
+        RasterError: no band is mapped: the message names the keys to set, with the file's
+            descriptions and the patterns as written.
+    """
+    name = path.rsplit("/", 1)[-1]
+    try:
+        named, why = name_date(name, name_pattern), None
+    except RasterError as e:
+        named, why = None, e
+    roles = [band_role(label, named, band_pattern, static_bands or []) for label in labels]
+    if any(roles):
+        return roles
+    if len(labels) == 1 and named:
+        return [BandRole(named[1] or "value", named[0])]  # one file per date and band
+    if len(labels) == 1:
+        raise why
+    raise unmapped(labels, band_pattern)
+
+
+def unmapped(labels: list[str], band_pattern: str | None) -> RasterError:
+    """The error of a multi-band file whose bands nothing maps, naming the fix."""
+    described = [x for x in labels if x]
+    if not described:
+        return RasterError(f"{len(labels)} bands without descriptions or tags: nothing names their dates "
+                           "and channels; write band descriptions (e.g. '2016-01-01 ndvi') and set "
+                           "data.modis.band_pattern, or split it into one file per date and band named by "
+                           "data.modis.name_pattern")
+    shown = ", ".join(f"'{x}'" for x in described[:3]) + (" …" if len(described) > 3 else "")
+    said = f"no band description matches data.modis.band_pattern = {band_pattern}" if band_pattern \
+        else "data.modis.band_pattern is not set"
+    return RasterError(f"{len(labels)} bands but {said} (descriptions: {shown}); set "
+                       "data.modis.band_pattern to a regex with (?P<channel>…) and (?P<date>…), "
+                       "(?P<year>…)(?P<doy>…) or (?P<year>…)(?P<month>…), and list undated layers in "
+                       "data.modis.static_bands")

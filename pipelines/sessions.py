@@ -2,15 +2,17 @@
 
 The rules, in order:
 1. A row without a session (or user), item or parseable time is quarantined.
-2. Conversions come from a purchases table (session, time) or from events whose type is
-   `conversion_event` (those events then leave the sequence). A purchase that names a
+2. Conversions come from a purchases table (session, time), from events whose type is
+   `conversion_event`, or from events a label rule marks (`marks`: the session reached a
+   given item or category); such events leave the sequence. A purchase that names a
    session the events do not have is quarantined.
 3. An exact duplicate (same session, item, time and event type) is quarantined; the first
    one stays.
 4. Events are ordered by time (ties by file and line). With `gap_minutes` a session is cut
    where the user was idle longer than that.
 5. Leakage guard: a converted session keeps only the events strictly before its first
-   purchase; the purchase and everything after it would tell the model the answer.
+   purchase (or conversion event, or marked event); that event and everything after it
+   would tell the model the answer.
 6. Sessions left with fewer than `min_length` events (0 when the purchase came first) are
    quarantined; the rest keep their last `max_length` events (Jia et al.: max 732).
 """
@@ -27,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from advorch.config import ClickstreamConfig
+from advorch.pipelines.events import Layout
 from advorch.pipelines.shards import Quarantine
 
 NEVER = np.iinfo(np.int64).max
@@ -47,6 +50,7 @@ class Sessions:
     item_names: pa.Array  # (distinct pages,) string
     times: np.ndarray  # (events,) int64 milliseconds
     stats: dict[str, Any] = field(default_factory=dict)
+    sources: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # (n,) file of 1st event
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -69,11 +73,15 @@ def codes(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
     return pc.fill_null(column.indices, -1).to_numpy(zero_copy_only=False).astype(np.int32), column.dictionary
 
 
-def parse_time(values: pa.ChunkedArray | pa.Array, unit: str) -> np.ndarray:
+def parse_time(values: pa.ChunkedArray | pa.Array, unit: str, zone: str | None = None) -> np.ndarray:
     """Milliseconds as int64; NEVER where a value is missing or unparseable.
 
-    `unit`: "ms" / "s" for numbers, "iso" for ISO-8601 text (a zone is honoured, naive is UTC).
+    `unit`: "ms" / "s" for numbers (since the epoch, or whatever origin the log uses), "iso"
+    for ISO-8601 text: an offset in the text is honoured, a naive time is in `zone` (an IANA
+    name; none: UTC). A naive time that `zone` skips or repeats (a DST change) is unparseable.
     """
+    if unit == "iso" and zone:
+        return _parse_zoned(values, zone)
     try:  # pyarrow's C++ casts when every value is clean; pandas' coercion only when not
         if unit == "iso":
             ms = pc.cast(values, pa.timestamp("ms")).cast(pa.int64())
@@ -95,6 +103,20 @@ def parse_time(values: pa.ChunkedArray | pa.Array, unit: str) -> np.ndarray:
     return np.where(ok, ms, NEVER)
 
 
+def _parse_zoned(values: pa.ChunkedArray | pa.Array, zone: str) -> np.ndarray:
+    """ISO times → UTC milliseconds (NEVER if unparseable): naive ones are wall-clock times in
+    `zone`, ones with an offset (or Z) keep it."""
+    text = pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
+    aware = text.str.contains(r"(?:[zZ]|[+-]\d\d:?\d\d)\s*$", na=False).to_numpy()
+    with_offset = pd.to_datetime(text.where(aware), format="ISO8601", errors="coerce", utc=True)
+    naive = pd.to_datetime(text.where(~aware), format="ISO8601", errors="coerce")
+    local = naive.dt.tz_localize(zone, ambiguous="NaT", nonexistent="NaT").dt.tz_convert("UTC")
+    parsed = with_offset.where(aware, local)
+    ok = parsed.notna().to_numpy()
+    ms = parsed.dt.tz_localize(None).to_numpy(dtype="datetime64[ms]").astype(np.int64)
+    return np.where(ok, ms, NEVER)
+
+
 def _reject(quarantine: Quarantine, sources: list[str], table: pa.Table, bad: np.ndarray,
             reason: str | Callable[[dict[str, Any]], str], columns: list[str]) -> None:
     """Quarantine the rows of `table` where `bad` holds, each with its file, line and values."""
@@ -108,9 +130,13 @@ def _reject(quarantine: Quarantine, sources: list[str], table: pa.Table, bad: np
 
 
 def sessionise(events: pa.Table, purchases: pa.Table | None, cfg: ClickstreamConfig,
-               sources: list[str], quarantine: Quarantine) -> Sessions:
-    """Apply rules 1-6 of this module's docstring; `sources` names the files behind `source`."""
+               sources: list[str], quarantine: Quarantine, layouts: tuple[Layout, Layout],
+               marks: np.ndarray | None = None) -> Sessions:
+    """Apply rules 1-6 of this module's docstring; `sources` names the files behind `source`;
+    `layouts` say how the events' and the purchases' times read; `marks` (per event row, from
+    a label rule) flags the events that make their session convert."""
     col = cfg.columns
+    ev_layout, pu_layout = layouts
     key_col = col.session or col.user
     stats: dict[str, Any] = {"events_read": events.num_rows}
     key, keys = codes(events.column(key_col))
@@ -118,7 +144,7 @@ def sessionise(events: pa.Table, purchases: pa.Table | None, cfg: ClickstreamCon
     event, event_names = codes(events.column(col.event)) if col.event else (None, None)
 
     # 1. rows without a key, item or time
-    times = parse_time(events.column(col.time), cfg.time_unit)
+    times = parse_time(events.column(col.time), ev_layout.time_unit, ev_layout.time_zone)
     all_null = (key < 0) & (item < 0) & events.column(col.time).is_null().to_numpy(zero_copy_only=False)
     missing_key = (key < 0) & ~all_null
     missing_item = (item < 0) & ~all_null & ~missing_key
@@ -128,15 +154,19 @@ def sessionise(events: pa.Table, purchases: pa.Table | None, cfg: ClickstreamCon
     _reject(quarantine, sources, events, missing_key, f"missing {key_col}: every event needs one", shown)
     _reject(quarantine, sources, events, missing_item, f"missing {col.item}: every event needs one", shown)
     _reject(quarantine, sources, events, bad_time,
-            lambda r: f"unparseable timestamp: {r[col.time]!r} with data.clickstream.time_unit "
-                      f"{cfg.time_unit!r}", shown)
+            lambda r: f"unparseable timestamp: {r[col.time]!r} with {ev_layout.key('time_unit')} "
+                      f"{ev_layout.time_unit!r}{_zone(ev_layout)}", shown)
     keep = ~(all_null | missing_key | missing_item | bad_time)
 
-    # 2. conversions given as events leave the sequence and become purchases
+    # 2. conversions given as events (a type, or marked by a rule) leave the sequence and
+    # become purchases
     is_conv = np.zeros(events.num_rows, bool)
     if cfg.conversion_event is not None:
         is_conv = keep & (event == pc.index(event_names, cfg.conversion_event).as_py())
-        keep &= ~is_conv
+    if marks is not None:
+        is_conv = keep & marks
+    keep &= ~is_conv
+    conversion = "the first event the label rule marks" if marks is not None else "the purchase"
 
     # 4. order by (key, time); rows are in file order already, so a stable sort keeps ties so
     idx = np.flatnonzero(keep)
@@ -187,16 +217,17 @@ def sessionise(events: pa.Table, purchases: pa.Table | None, cfg: ClickstreamCon
         conv_code, conv_t = key[is_conv].astype(np.int64), times[is_conv]
         lost = np.zeros(events.num_rows, bool)
         lost[is_conv] = ~has_piece[conv_code]
-        _reject(quarantine, sources, events, lost, "no events before the purchase", shown)
+        _reject(quarantine, sources, events, lost, f"no events before {conversion}", shown)
         conv_code, conv_t = conv_code[has_piece[conv_code]], conv_t[has_piece[conv_code]]
     else:
-        pt = parse_time(purchases.column("time"), cfg.time_unit)
+        pt = parse_time(purchases.column("time"), pu_layout.time_unit, pu_layout.time_zone)
         known = pc.fill_null(pc.index_in(purchases.column("session").cast(keys.type), value_set=keys), -1)
         known = known.to_numpy(zero_copy_only=False).astype(np.int64)
         known[known >= 0] = np.where(has_piece[known[known >= 0]], known[known >= 0], -1)
         _reject(quarantine, sources, purchases, pt == NEVER,
                 lambda r: f"unparseable purchase timestamp: {r['time']!r} with "
-                          f"data.clickstream.time_unit {cfg.time_unit!r}", ["session", "time"])
+                          f"{pu_layout.key('time_unit')} {pu_layout.time_unit!r}{_zone(pu_layout)}",
+                ["session", "time"])
         unknown = (known < 0) & (pt != NEVER)
         _reject(quarantine, sources, purchases, unknown,
                 lambda r: f"purchase of an unknown session: {r['session']!r} has no (usable) events",
@@ -219,7 +250,7 @@ def sessionise(events: pa.Table, purchases: pa.Table | None, cfg: ClickstreamCon
     src, line = events.column("source").to_numpy(), events.column("line").to_numpy()
     short_ids = ids.filter(pa.array(too_short)).to_pylist()
     for i, sid in zip(np.flatnonzero(too_short), short_ids, strict=True):
-        reason = ("no events before the purchase" if n_before[i] == 0 else
+        reason = (f"no events before {conversion}" if n_before[i] == 0 else
                   f"session too short: {n_before[i]} event(s), data.clickstream.min_length is "
                   f"{cfg.min_length}")
         e = idx[first[i]]
@@ -235,7 +266,13 @@ def sessionise(events: pa.Table, purchases: pa.Table | None, cfg: ClickstreamCon
               "events": int(kept.sum())}
     return Sessions(ids.take(pa.array(sessions)), (bought[sessions] != NEVER).astype(np.int32),
                     np.r_[0, np.cumsum(lengths)].astype(np.int64), item[idx[kept]], item_names,
-                    t[kept], stats)
+                    t[kept], stats, src[idx[first[sessions]]].astype(np.int32))
+
+
+def _zone(layout: Layout) -> str:
+    """", time_zone 'X'" for a reason text, when the layout's ISO times have a zone."""
+    return f", {layout.key('time_zone')} {layout.time_zone!r}" if layout.time_unit == "iso" and \
+        layout.time_zone else ""
 
 
 def _piece_at(key_of: np.ndarray, starts: np.ndarray, key: np.ndarray, when: np.ndarray) -> np.ndarray:

@@ -272,7 +272,8 @@ class DatasetWriter:
                            "file": quarantine_file},
             "params": params,
             **(extra or {}),
-            "warnings": [*(extra or {}).get("warnings", []), *(f"unhealthy dataset built (data.health.on_problem = \"warn\"): {p}" for p in found)],
+            "warnings": [*(extra or {}).get("warnings", []),
+                         *(f'unhealthy dataset built (data.health.on_problem = "warn"): {p}' for p in found)],
         }
         tmp = f"{root}/.{MANIFEST}.{self.build_id}.tmp"
         with fs.open(tmp, "w") as f:

@@ -9,6 +9,10 @@ Protocol (the paper's): a seeded, stratified split with `test_fraction` of every
 class held out as test (0.5 → 50/50), and `val_fraction` of the remaining train
 rows carved out as validation. The vocabulary is counted on the train split only,
 so validation and test words the model never trains on map to the OOV id.
+
+No line is dropped without a record: every line of a source is a row or a quarantine
+record (undecodable, or no tokens), and each manifest source carries `lines` (lines read),
+`rows` and `quarantined`, with lines = rows + quarantined.
 """
 
 from __future__ import annotations
@@ -145,6 +149,7 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
             parsed = list(track((f.result() for f in futures), "decoding + tokenising",
                                 total=len(futures)))
             rows: list[tuple] = []  # (source, line, text, label, tokens)
+            lines_read: dict[str, int] = {}
             k = 0
             for s, ts in zip(cfg.sources, tasks, strict=True):
                 first, n_good = 1, 0
@@ -157,6 +162,7 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
                         quarantine.add(s.path, reason, line=first + i, raw=raw)
                     first += part["lines"]
                     n_good += len(part["rows"])
+                lines_read[s.path] = first - 1
                 if n_good == 0:
                     raise PipelineError(
                         f"source file {s.path} (class {s.label!r}) holds no usable line "
@@ -188,6 +194,7 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
 
         counts = Counter(labels.tolist())
         for s in sources:
+            s["lines"] = lines_read[s["path"]]
             s["rows"] = sum(1 for r in rows if r[0] == s["path"])
             s["quarantined"] = sum(1 for q in quarantine.records if q["source"] == s["path"])
         manifest = writer.commit(

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +20,35 @@ from pathlib import Path
 from typing import Any
 
 from advorch.config import ExperimentConfig
+
+
+class TrainingError(RuntimeError):
+    """Training failed inside a Ray worker: the worker's own error (rank, type, message and
+    where in advorch it was raised), out of Ray's wrappers and tracebacks."""
+
+
+def worker_error(error: BaseException) -> TrainingError | None:
+    """The error a Ray Train worker (or its controller) raised, as one clean TrainingError;
+    None when `error` is not a training failure."""
+    from ray.train import ControllerError, WorkerGroupError
+
+    if isinstance(error, WorkerGroupError) and error.worker_failures:
+        rank = min(error.worker_failures)
+        cause, where = error.worker_failures[rank], f"Ray worker rank {rank}"
+    elif isinstance(error, ControllerError):
+        cause, where = error.controller_failure, "the Ray Train controller"
+    else:
+        return None
+    trace = getattr(error, "_error_message", "")  # Ray's snippet of the worker's traceback
+    while getattr(cause, "cause", None) is not None:  # RayTaskError / RayActorError wrappers
+        trace += getattr(cause, "traceback_str", "")
+        cause = cause.cause
+    trace += "".join(traceback.format_tb(cause.__traceback__))
+    frames = [f for f in re.findall(r'File "([^"]+)", line (\d+), in (\S+)', trace)
+              if "site-packages" not in f[0]]  # the last frame of ours, not torch's
+    at = f" (at {Path(frames[-1][0]).name}:{frames[-1][1]} in {frames[-1][2]})" if frames else ""
+    first = (str(cause).strip().splitlines() or [""])[0]
+    return TrainingError(f"training failed on {where}: {type(cause).__name__}: {first}{at}")
 
 
 @dataclass
@@ -149,10 +180,17 @@ def train(cfg: ExperimentConfig, data: str | None = None, *, ray_address: str | 
         run_id = tracking.start_run(uri, cfg.mlflow.experiment, cfg.name, run_params(cfg, manifest),
                                     tags=run_tags(cfg, data))
     try:
-        result = fit(cfg, data, run_id=run_id, tracking_uri=uri, on_epoch=on_epoch)
-        return finish(cfg, data, manifest, result, uri, run_id)
-    except BaseException:
-        if track:
+        try:
+            result = fit(cfg, data, run_id=run_id, tracking_uri=uri, on_epoch=on_epoch)
+            return finish(cfg, data, manifest, result, uri, run_id)
+        except Exception as e:
+            clean = worker_error(e)
+            if clean is None:
+                raise
+            raise clean from e
+    except BaseException as e:
+        if track:  # the reason on the run: the UI's FAILED runs say why
+            tracking.set_tag(uri, run_id, "advorch.error", f"{type(e).__name__}: {e}"[:4000])
             tracking.end_run(uri, run_id, status="FAILED")
         raise
 
@@ -172,10 +210,12 @@ def check_experiment(cfg: ExperimentConfig, data: str | None = None) -> None:
     from advorch.config import ConfigError
     from advorch.pipelines.spec import read_spec
     from advorch.trainers.adversarial import check
+    from advorch.trainers.tasks import task_problems
 
     problems = check(cfg)  # the config alone first: a typo needs no dataset to be found
     if not problems and data is not None:
-        problems = check(cfg, read_spec(data))
+        spec = read_spec(data)
+        problems = task_problems(cfg, spec) + check(cfg, spec)
     if problems:
         raise ConfigError(f"experiment {cfg.name!r} cannot run:\n  " + "\n  ".join(problems))
 

@@ -187,6 +187,8 @@ def quarantine_records(root: Path) -> list[dict]:
 
 
 def test_bad_rows_and_sessions_are_quarantined_and_the_run_goes_on(tmp_path: Path, dask_address: str) -> None:
+    """Generated: the real sample has no malformed rows. Three sessions survive (one converted),
+    too few for every class in every split: built with data.health.on_problem = "warn"."""
     events = tmp_path / "views.csv"
     events.write_text(HEADER + "\n".join([
         "1;NA;10;100;2016-05-01",       # line 2  ok
@@ -209,7 +211,8 @@ def test_bad_rows_and_sessions_are_quarantined_and_the_run_goes_on(tmp_path: Pat
     purchases.write_text("sessionId;timeframe\n4;50\n6;350\n99;10\n6;never\n")
     empty = tmp_path / "views-empty.csv"
     empty.write_text("")
-    summary = clickstream.run(small_config(tmp_path, [events, empty], [purchases]).data,
+    summary = clickstream.run(small_config(tmp_path, [events, empty], [purchases],
+                                           'data.health.on_problem="warn"').data,
                               dask_address=dask_address)
     reasons = {(r["source"].rsplit("/", 1)[-1], r["line"], r["reason"].split(":")[0])
                for r in quarantine_records(tmp_path / "out")}
@@ -225,12 +228,15 @@ def test_bad_rows_and_sessions_are_quarantined_and_the_run_goes_on(tmp_path: Pat
     assert list(df.loc["6", "items"]) == ["18", "17"] and df.loc["6", "label"] == 1
     assert summary.manifest["clickstream"]["events_after_purchase"] == 3  # 2 of session 4, 1 of 6
     assert summary.quarantined == 10
+    assert any("class" in w and w.startswith("unhealthy dataset built") for w in summary.manifest["warnings"])
 
 
 def test_unknown_column_is_a_clear_error(tmp_path: Path, dask_address: str) -> None:
     events = tmp_path / "views.csv"
     events.write_text(HEADER + "1;NA;10;100;2016-05-01\n")
-    cfg = small_config(tmp_path, [events], None, 'data.clickstream.columns.item="page"')
+    purchases = tmp_path / "purchases.csv"  # a label source: without one the run stops before reading
+    purchases.write_text("sessionId;timeframe\n1;200\n")
+    cfg = small_config(tmp_path, [events], [purchases], 'data.clickstream.columns.item="page"')
     with pytest.raises(PipelineError, match=r"views.csv: no column 'page' in its header \(it has "
                                             r"'session_id', 'user_id', 'item_id'"):
         clickstream.run(cfg.data, dask_address=dask_address)
@@ -239,7 +245,8 @@ def test_unknown_column_is_a_clear_error(tmp_path: Path, dask_address: str) -> N
 
 def test_jsonl_gzip_user_gap_sessions_and_conversion_events(tmp_path: Path, dask_address: str) -> None:
     """JSONL (gzip) with a broken line; sessions cut per user after 30 idle minutes; a
-    conversion given as an event type."""
+    conversion given as an event type. Generated (the real sample is CSV without event types);
+    its 3 sessions cannot fill every class of every split: built with on_problem = "warn"."""
     minute = 60_000
     lines = [
         {"user": "u1", "ts": 0, "page": "home", "type": "view"},
@@ -260,7 +267,7 @@ def test_jsonl_gzip_user_gap_sessions_and_conversion_events(tmp_path: Path, dask
         f'data.clickstream.events=["{events}"]', 'data.clickstream.time_unit="ms"',
         'data.clickstream.columns={session="", user="user", time="ts", item="page", event="type"}',
         "data.clickstream.gap_minutes=30", 'data.clickstream.conversion_event="buy"',
-        "data.clickstream.embedding_dim=0"])
+        "data.clickstream.embedding_dim=0", 'data.health.on_problem="warn"'])
     summary = clickstream.run(cfg.data, dask_address=dask_address)
     df = rows(tmp_path / "out").set_index("id")
     assert {k: (list(v), lab) for k, v, lab in zip(df.index, df["items"], df["label"], strict=True)} == {
@@ -268,6 +275,7 @@ def test_jsonl_gzip_user_gap_sessions_and_conversion_events(tmp_path: Path, dask
     [bad] = quarantine_records(tmp_path / "out")
     assert bad["line"] == 5 and bad["reason"].startswith("malformed row: not a JSON object")
     assert "embeddings.npy" not in summary.manifest["side_files"]
+    assert any(w.startswith("unhealthy dataset built") for w in summary.manifest["warnings"])
 
 
 def test_without_item_map_the_tokens_are_the_pages(tmp_path: Path, digi, dask_address: str) -> None:

@@ -234,7 +234,9 @@ def test_folder_build_quarantines_every_bad_file(tree, crisis, tmp_path, dask_ad
     out = tmp_path / "shards"
     size = 16
     cfg = folder_config(root, out, extensions=EXTENSIONS, size=size, channels=3, max_pixels=9_000_000)
+    cfg.health.on_problem = "warn"  # a handful of good images: not every class in every split
     m = images.run(cfg, dask_address=dask_address).manifest
+    assert m["warnings"] and all("unhealthy dataset built" in w for w in m["warnings"])
 
     # every bad file, with its reason, in the quarantine file and its count; the run went on
     reasons = quarantined(out, m)
@@ -256,6 +258,9 @@ def test_folder_build_quarantines_every_bad_file(tree, crisis, tmp_path, dask_ad
     assert m["class_counts"] == dict(Counter(i.split("/")[0] for i in good))
     assert m["images"] == {"files": len(good) + len(bad), "decoded": len(good), "resized": len(good),
                            "skipped_suffix": 1}
+    # the skipped file is not dropped without a word: the manifest (and the run summary) name it
+    assert m["unused"] == [{"source": str(root), "what": "files", "names": ["crisis/readme.txt"], "count": 1,
+                            "declared": False}]
     spec = read_spec(str(out))
     assert spec.inputs["pixels"] == InputSpec("pixels", "pixels", (3, size, size), "uint8", (0.0, 1.0))
 

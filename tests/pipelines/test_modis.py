@@ -492,3 +492,54 @@ def test_new_dates_and_tiles_extend_without_decoding_old_granules(tmp_path: Path
 def quarantine(root: Path) -> list[dict]:
     m = read_manifest(str(root))
     return [json.loads(x) for x in (root / m["quarantine"]["file"]).read_text().splitlines()]
+
+
+def test_granule_layers_left_unused_are_one_manifest_record(built: Path, tmp_path: Path, dask_address) -> None:
+    """The MOD09A1 granule's QC, angle and day-of-year layers are not data.modis.bands nor the state
+    layer: the manifest says so, declared (configs/modis_sits.toml lists them in data.modis.unused);
+    without the declaration the same record is undeclared, which the run summary shows."""
+    names = ["sur_refl_day_of_year", "sur_refl_qc_500m", "sur_refl_raz", "sur_refl_szen", "sur_refl_vzen"]
+    m = read_manifest(str(built))
+    layers = [u for u in m["unused"] if u["what"] == "layers"]
+    assert layers == [{"source": str(GRANULE), "what": "layers", "count": 5, "declared": True, "files": 1,
+                       "names": names}]
+    assert [u for u in m["unused"] if u["what"] != "layers"] == []  # the NDVI stack and sits: all used
+    summary = modis.run(config(tmp_path / "out", "data.modis.unused=[]", "data.modis.geotiffs=[]").data,
+                        dask_address=dask_address)
+    assert [(u["names"], u["declared"]) for u in summary.unused] == [(names, False)]
+
+
+def test_points_label_the_granule_pixels_that_hold_them(tmp_path: Path, real) -> None:
+    """Labelled points (generated: the real data has no point table over the granule) in lon/lat at
+    pixel centres of the real granule's tile, west half one class, east half the other; one off
+    the tile is quarantined. Each point's series is the cube's pixel that holds it."""
+    from rasterio.warp import transform
+
+    g = read_hdf_granule(str(GRANULE))
+    x, y = g["grid"].coords()
+    rows, cols = np.meshgrid(np.arange(2, 73, 5), np.arange(2, 66, 5), indexing="ij")
+    rows, cols = rows.ravel(), cols.ravel()
+    lon, lat = transform(g["grid"].crs, "EPSG:4326", x[cols].tolist(), y[rows].tolist())
+    points = pd.DataFrame({"id": [f"pt{r}_{c}" for r, c in zip(rows, cols, strict=True)], "longitude": lon,
+                           "latitude": lat, "label": np.where(cols < 33, "west", "east")})
+    points.loc[len(points)] = ["far", -60.0, -10.0, "west"]
+    points.to_csv(tmp_path / "points.csv", index=False)
+    cfg = config(tmp_path / "out", "data.modis.geotiffs=[]", "data.modis.window=1",
+                 "data.modis.mask_clouds=false",
+                 f'data.modis.points={{path="{tmp_path / "points.csv"}", id="id"}}')
+    cfg.data.modis.samples = None
+    summary = modis.run(cfg.data)
+    df = pd.concat([read_split(str(tmp_path / "out"), s).to_pandas() for s in ("train", "val", "test")])
+    assert summary.manifest["classes"] == ["east", "west"]
+    assert summary.manifest["shapes"]["features"] == [1, 8]
+    cube = open_cube(tmp_path / "out", "h18v04")
+    for _, r in df.iterrows():
+        row, col = map(int, r["id"][2:].split("_"))
+        np.testing.assert_allclose(np.asarray(r["features"])[:7], cube["filled"].values[0, :, row, col],
+                                   rtol=1e-6)
+    off = [r for r in quarantine(tmp_path / "out") if r["source"] == str(tmp_path / "points.csv")]
+    assert [(r["line"], r["reason"].split(":")[0]) for r in off] == [(len(points) + 1,
+                                                                      "off every cube's grid")]
+    records = quarantine(tmp_path / "out")
+    fill = {r["reason"].split()[3] for r in records if r["reason"].startswith("all fill")}
+    assert set(df["id"]) | fill == set(points["id"]) - {"far"}  # every other point: a row, or all fill

@@ -80,10 +80,12 @@ def _copy_shards(mr_shards: Path, tmp_path: Path) -> tuple[Path, Path]:
     return root, mr_config(tmp_path / "mr.toml", root)
 
 
-def _text_config(path: Path, output: Path, sources: list[tuple[Path, str]]) -> Path:
+def _text_config(path: Path, output: Path, sources: list[tuple[Path, str]], tiny: bool = False) -> Path:
+    """`tiny`: a dataset too small for every class in every split, built anyway (with warnings)."""
     entries = ", ".join(f'{{path = "{p}", label = "{label}"}}' for p, label in sources)
+    health = '[data.health]\non_problem = "warn"\n' if tiny else ""
     path.write_text(f'name = "gen"\n[data]\nencoding = "cp1252"\noutput = "{output}"\n'
-                    f"sources = [{entries}]\n", encoding="utf-8")
+                    f"sources = [{entries}]\n{health}", encoding="utf-8")
     return path
 
 
@@ -345,7 +347,7 @@ def test_undecodable_line_is_quarantined(tmp_path: Path, dask_address: str) -> N
                                               b"caf\x81 noir , bad coffee .", *_good_lines("bad")])
     pos = _write_lines(tmp_path / "pos.txt", _good_lines("good"))
     out = tmp_path / "out"
-    config = _text_config(tmp_path / "gen.toml", out, [(neg, "neg"), (pos, "pos")])
+    config = _text_config(tmp_path / "gen.toml", out, [(neg, "neg"), (pos, "pos")], tiny=True)
     result = run_cli("preprocess", "text", str(config), "--dask-address", dask_address,
                      cwd=tmp_path, env=WIDE, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -373,7 +375,7 @@ def test_empty_lines_are_quarantined_and_counted(tmp_path: Path, dask_address: s
                                               *_good_lines("bad")])
     pos = _write_lines(tmp_path / "pos.txt", [*_good_lines("good"), b""])
     out = tmp_path / "out"
-    config = _text_config(tmp_path / "gen.toml", out, [(neg, "neg"), (pos, "pos")])
+    config = _text_config(tmp_path / "gen.toml", out, [(neg, "neg"), (pos, "pos")], tiny=True)
     result = run_cli("preprocess", "text", str(config), "--dask-address", dask_address,
                      cwd=tmp_path, env=WIDE, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -488,3 +490,34 @@ def test_unwritable_output_folder_fails_naming_it(mr_dir: Path) -> None:
     finally:
         (base / "out").chmod(0o755)
         shutil.rmtree(base, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- no line dropped unseen (audit)
+
+
+def test_every_real_line_is_a_row_or_a_quarantine_record(mr_shards: Path) -> None:
+    """Each manifest source says how many lines it read; on real MR every one became a row or
+    a quarantine record (lines = rows + quarantined), and the count is the file's \\n lines."""
+    for s in read_manifest(str(mr_shards))["sources"]:
+        assert s["lines"] == len(_raw_lines(Path(s["path"]).name.rsplit(".", 1)[1]))
+        assert s["lines"] == s["rows"] + s["quarantined"]
+
+
+def test_odd_lines_are_counted_not_lost(tmp_path: Path, dask_address: str) -> None:
+    """Generated (MR has none of these): CRLF endings, a whitespace-only line, an undecodable
+    line and a last line without its \\n. Each line is a row or a quarantine record."""
+    from advorch.config import load_config
+    from advorch.pipelines import text
+
+    neg = tmp_path / "neg.txt"
+    neg.write_bytes(b"a dull film .\r\n \t \r\ncaf\x81 bad .\r\n" + b"\n".join(_good_lines("bad"))
+                    + b"\nno newline at the end .")
+    pos = _write_lines(tmp_path / "pos.txt", _good_lines("good"))
+    cfg = load_config(None, [f'data.output="{tmp_path / "out"}"', 'data.encoding="utf-8"',
+                             f'data.sources=[{{path="{neg}", label="neg"}}, {{path="{pos}", label="pos"}}]',
+                             'data.health.on_problem="warn"'])
+    summary = text.run(cfg.data, dask_address=dask_address)
+    src = {Path(s["path"]).name: s for s in summary.manifest["sources"]}
+    assert (src["neg.txt"]["lines"], src["neg.txt"]["rows"], src["neg.txt"]["quarantined"]) == (12, 10, 2)
+    assert src["pos.txt"]["lines"] == src["pos.txt"]["rows"] == 8
+    assert summary.rows == 18 and summary.quarantined == 2

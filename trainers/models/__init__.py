@@ -67,6 +67,9 @@ class ModelEntry:
     attention: bool
 
 
+SHAPES = {"tokens": "[length]", "features": "[steps, features]", "pixels": "[channels, height, width]"}
+RANKS = {name: shape.count(",") + 1 for name, shape in SHAPES.items()}
+
 MODELS: dict[str, ModelEntry] = {
     "lstm": ModelEntry(_lstm, ("tokens", "features"), attention=False),
     "lstm_attention": ModelEntry(_lstm, ("tokens", "features"), attention=True),
@@ -82,7 +85,10 @@ def model_problems(cfg: ModelConfig, spec: DatasetSpec) -> list[str]:
         return [f"model.name = {cfg.name!r} reads {' or '.join(entry.reads)}, the dataset {spec.uri} has "
                 f"{', '.join(spec.inputs) or 'no inputs'}; use model.name = "
                 f"{' or '.join(repr(n) for n in suited) or '(none fits)'}"]
-    return []
+    return [f"{spec.uri}: input {name!r} has shape {list(spec.inputs[name].shape)}, model.name = "
+            f"{cfg.name!r} reads {name} as {RANKS[name]}-d {SHAPES[name]}: rebuild the dataset with "
+            "`advorch preprocess`"
+            for name in entry.reads if name in spec.inputs and len(spec.inputs[name].shape) != RANKS[name]]
 
 
 def build_model(cfg: ModelConfig, spec: DatasetSpec, init_weights: bool = True) -> nn.Module:

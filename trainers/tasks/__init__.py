@@ -10,7 +10,16 @@ from advorch.pipelines.spec import DatasetSpec
 from advorch.trainers.tasks.base import Perturb, Task
 from advorch.trainers.tasks.classification import Classification
 
-__all__ = ["Task", "Perturb", "Classification", "build_task"]
+__all__ = ["Task", "Perturb", "Classification", "build_task", "task_problems"]
+
+TASKS = {"classification": Classification}
+
+
+def task_problems(cfg: ExperimentConfig, spec: DatasetSpec) -> list[str]:
+    """Why the dataset cannot be learned and scored as the config asks (empty when it can)."""
+    if spec.task not in TASKS:
+        return [f"{spec.uri}: task {spec.task!r} has no trainer yet (known: {', '.join(TASKS)})"]
+    return TASKS[spec.task].problems(cfg.train.metric, spec)
 
 
 def build_task(cfg: ExperimentConfig, spec: DatasetSpec) -> Task:
@@ -19,6 +28,6 @@ def build_task(cfg: ExperimentConfig, spec: DatasetSpec) -> Task:
     Raises:
         ValueError: a task this version cannot train yet.
     """
-    if spec.task == "classification":
-        return Classification.from_spec(spec, cfg.train.class_weights)
-    raise ValueError(f"{spec.uri}: task {spec.task!r} has no trainer yet (known: classification)")
+    if spec.task not in TASKS:
+        raise ValueError(task_problems(cfg, spec)[0])
+    return TASKS[spec.task].from_spec(spec, cfg.train.class_weights)

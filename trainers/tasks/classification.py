@@ -54,6 +54,35 @@ class Classification:
     def serving(self, model: nn.Module) -> nn.Module:
         return Serving(model)
 
+    @staticmethod
+    def problems(metric: str, spec: DatasetSpec) -> list[str]:
+        """Why this dataset cannot be trained and scored by `metric` (train.metric): no rows in a
+        split the run reads, fewer than two classes, a class absent from train, AUC without
+        exactly two classes or without both of them in val. Each names the counts and the fix."""
+        out = []
+        rebuild = "rebuild the dataset with `advorch preprocess`"
+        for split, key in (("train", "data.test_fraction"), ("val", "data.val_fraction"),
+                           ("test", "data.test_fraction")):
+            if not spec.split_rows.get(split):
+                out.append(f"{spec.uri}: split {split} has 0 rows; {rebuild} with another {key}")
+        if spec.num_classes < 2:
+            out.append(f"{spec.uri}: {spec.num_classes} class ({', '.join(spec.classes) or 'none'}): a "
+                       "classifier needs two or more; check the dataset's label source and rebuild it")
+            return out
+        train = spec.class_counts.get("train", {})
+        if spec.split_rows.get("train") and (absent := [c for c in spec.classes if not train.get(c)]):
+            out.append(f"{spec.uri}: class {', '.join(absent)} has no train rows (train: {train}); {rebuild} "
+                       "with another data.test_fraction / data.seed, or more data")
+        if metric == "val_auc":
+            val = spec.class_counts.get("val", {})
+            if spec.num_classes != 2:
+                out.append(f"train.metric = \"val_auc\" needs two classes, {spec.uri} has "
+                           f"{spec.num_classes}: use train.metric = \"val_accuracy\" or \"val_loss\"")
+            elif spec.split_rows.get("val") and not all(val.get(c) for c in spec.classes):
+                out.append(f"train.metric = \"val_auc\" needs both classes in val, {spec.uri} has {val}: "
+                           "use train.metric = \"val_loss\", or rebuild with a larger data.val_fraction")
+        return out
+
     @classmethod
     def from_spec(cls, spec: DatasetSpec, class_weights: bool) -> Classification:
         """With class_weights, n / (k · n_c) per class c over the train split ("balanced")."""
