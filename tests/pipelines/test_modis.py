@@ -494,7 +494,8 @@ def quarantine(root: Path) -> list[dict]:
     return [json.loads(x) for x in (root / m["quarantine"]["file"]).read_text().splitlines()]
 
 
-def test_granule_layers_left_unused_are_one_manifest_record(built: Path, tmp_path: Path, dask_address) -> None:
+def test_granule_layers_left_unused_are_one_manifest_record(built: Path, tmp_path: Path,
+                                                            dask_address: str) -> None:
     """The MOD09A1 granule's QC, angle and day-of-year layers are not data.modis.bands nor the state
     layer: the manifest says so, declared (configs/modis_sits.toml lists them in data.modis.unused);
     without the declaration the same record is undeclared, which the run summary shows."""
