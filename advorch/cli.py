@@ -160,6 +160,24 @@ def preprocess_clickstream(config: ConfigArg, output: OutputOpt = None, dask_add
                   soft_wrap=True)
 
 
+@preprocess_app.command("tweets")
+def preprocess_tweets(config: ConfigArg, output: OutputOpt = None, dask_address: DaskOpt = None,
+                      wait_lock: WaitLockOpt = 0, set_: SetOpt = None) -> None:
+    """Tweet dumps (CrisisMMD TSVs, MediaEval posts, Twitter API JSON lines) + their images →
+    token and pixel Parquet shards, vocabulary, word vectors."""
+    summary = run_pipeline(_load_kind(config, set_, "tweets"), output, dask_address, wait_lock)
+    tw = summary.manifest.get("tweets", {})
+    if not summary.up_to_date:
+        without = tw["rows_without_image"]
+        reasons = ", ".join(f"{k} {v}" for k, v in without["by_reason"].items())
+        out.print(f"tweets: {tw['rows']} rows ({tw['tweets']} tweets), {tw['rows_with_image']} with an "
+                  f"image, {without['count']} without" + (f" ({escape(reasons)})" if reasons else "")
+                  + f"; vocabulary {summary.manifest['vocab_size']}; quarantined {summary.quarantined}"
+                  + ("; text-only dataset: no row has an image, no pixels written" if tw["text_only"] else
+                     f"; images {tw['images']['decoded']} decoded to {summary.manifest['shapes']['pixels']}"),
+                  soft_wrap=True)
+
+
 def _print_result(result) -> None:
     table = Table(title="test metrics (best validation epoch)")
     table.add_column("metric")
@@ -284,6 +302,17 @@ def explain(run_id: Annotated[str, typer.Argument(help="MLflow run id of a train
         items, used, classes = explain_run(run_id, n, eps, mlflow_uri)
     except LookupError as e:
         fail(str(e), code=1)
+    if items and hasattr(items[0], "adversarial_words"):  # crisis tweets: the paper's Fig. 4-5
+        for x in items:
+            marked = " ".join(f"[{w}]" if m else w
+                              for w, m in zip(x.adversarial_words, x.changed, strict=True))
+            (p, conf), (q, adv_conf) = x.prediction, x.adversarial_prediction
+            out.print(f"{classes[x.label]}: {' '.join(x.words)!r} → {classes[p]} {conf:.0%}; "
+                      f"adversarial {marked!r} → {classes[q]} {adv_conf:.0%}", soft_wrap=True,
+                      highlight=False)
+        out.print(f"[word]: replaced (eq. 2); images FGSM at θ = {used:g}. Logged as explain/examples.png "
+                  "and explain/examples.html")
+        return
     if items and isinstance(items[0], dict):  # images: saliency maps
         for x in items:
             out.print(f"{classes[x['label']]} → predicted {classes[x['prediction']]}: "

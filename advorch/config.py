@@ -244,6 +244,35 @@ class ImagesConfig(_Section):
                                                           "(decompression bombs)")
 
 
+class TweetsConfig(_Section):
+    """Tweet dumps (text + images) → token and pixel shards (Chen et al. §IV-A/B; pipelines/tweets.py)."""
+
+    format: Literal["crisismmd", "mediaeval", "jsonl"] = Field(
+        "crisismmd", description="crisismmd: the annotation TSVs; mediaeval: posts.txt; jsonl: Twitter "
+                                 "API v1.1 or v2 objects, one per line")
+    files: list[str] = Field(default_factory=list, description="tweet files: paths or globs")
+    image_root: str | None = Field(None, description="where the images are; paths and ids resolve "
+                                                     "inside it (unset: a text-only dataset)")
+    label: Literal["either", "text", "image", "agreed"] = Field(
+        "either", description="crisismmd: informative if text or image is (§IV-A), one annotation, "
+                              "or rows whose two annotations agree")
+    label_key: str = Field("label", description="mediaeval: the label column; jsonl: the label key "
+                                                "(dots for nested keys, e.g. meta.label)")
+    split: Literal["random", "image", "event", "tweet"] = Field(
+        "random", description="random: stratified by row; image / event / tweet: no image (tweet: no "
+                              "tweet, event: no event) in two splits")
+    max_tokens: int = Field(15, ge=1, description="first words of a tweet kept (§IV-B: 15)")
+    embedding_dim: int = Field(100, ge=1, description="word vectors (§IV-B: 100-d GloVe)")
+    word_vectors: str | None = Field(None, description="GloVe / word2vec text file; unset: Word2Vec "
+                                                       "trained on the train split")
+    embedding_window: int = Field(5, ge=1)
+    embedding_epochs: int = Field(10, ge=1)
+    image_size: int = Field(64, ge=1, description="images resized to size x size RGB (§IV-B: 64)")
+    extensions: list[str] = Field(default_factory=lambda: [".jpg", ".jpeg", ".png", ".gif"])
+    max_pixels: int = Field(40_000_000, ge=1, description="larger images are quarantined "
+                                                          "(decompression bombs)")
+
+
 class HealthConfig(_Section):
     """What a built dataset must have to be trained on (pipelines/health.py)."""
 
@@ -255,7 +284,7 @@ class HealthConfig(_Section):
 class DataConfig(_Section):
     """Where the raw data is and how the pipeline turns it into shards."""
 
-    kind: Literal["text", "clickstream", "modis", "images"] = "text"
+    kind: Literal["text", "clickstream", "modis", "images", "tweets"] = "text"
     sources: list[TextSource] = Field(default_factory=list)
     encoding: str = "utf-8"
     output: str = "data/dataset"
@@ -269,13 +298,15 @@ class DataConfig(_Section):
     clickstream: ClickstreamConfig = Field(default_factory=ClickstreamConfig)
     modis: ModisConfig = Field(default_factory=ModisConfig)
     images: ImagesConfig = Field(default_factory=ImagesConfig)
+    tweets: TweetsConfig = Field(default_factory=TweetsConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
 
 
 class ModelConfig(_Section):
-    """The model: Jia et al. KDD'19 LSTM / LSTM-Attention (eq. 4-10), or the image CNN."""
+    """The model: Jia et al. KDD'19 LSTM / LSTM-Attention (eq. 4-10), the image CNN, or Chen et al.'s
+    Visual-CNN / Text-CNN / multi-modal MMN (§III-A; trainers/models/crisis.py)."""
 
-    name: Literal["lstm", "lstm_attention", "image_cnn"] = "lstm_attention"
+    name: Literal["lstm", "lstm_attention", "image_cnn", "visual_cnn", "text_cnn", "mmn"] = "lstm_attention"
     embedding_dim: int = Field(128, ge=1)
     hidden_dim: int = Field(140, ge=1)
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
@@ -289,6 +320,10 @@ class ModelConfig(_Section):
     channels: list[int] = Field(default_factory=lambda: [32, 64], min_length=2, max_length=2,
                                 description="image_cnn: widths of its two conv blocks")
     activation: Literal["relu", "softplus"] = Field("relu", description="image_cnn: activation")
+    text_window: int = Field(2, ge=1, description="text_cnn / mmn: words per convolution window "
+                                                  "(Chen et al. §IV-B: 2)")
+    text_filters: int = Field(100, ge=1, description="text_cnn / mmn: convolution filters over the "
+                                                     "words (Kim 2014: 100)")
 
 
 class RegimeConfig(_Section):
@@ -314,6 +349,12 @@ class RegimeConfig(_Section):
     lam_ig: float = Field(1.0, ge=0.0, description="input_gradient: weight of mean_i ‖∇_x ℓ_i‖²")
     ig_method: Literal["double_backprop", "finite_difference"] = "double_backprop"
     fd_step: float = Field(0.01, gt=0.0, description="input_gradient, finite_difference: step h")
+    neighbours: int = Field(10, ge=1, description="word_replace: candidates per word, its n nearest "
+                                                  "words in the embedding space")
+    threshold: float = Field(0.5, description="word_replace: replace only where (w' − w)·η exceeds it")
+    schedule: Literal["online", "offline"] = Field(
+        "online", description="mmat: online, fresh adversarial examples every batch; offline, the "
+                              "paper's Algorithm 1: train, craft once with the trained model, retrain")
 
 
 class TrainConfig(_Section):

@@ -21,12 +21,32 @@ def experiment(config: Path, data: str, regime: dict[str, Any], seed: int, extra
 
 
 def fit(cfg, data: str, verbose: bool = False):
-    """(worker with its best validation epoch's weights loaded, in eval mode; seconds)."""
-    from advorch.trainers.loop import setup_worker, train_epoch
+    """(worker with its best validation epoch's weights loaded, in eval mode; seconds). With
+    regime.schedule = "offline", MMAT's Algorithm 1 as `trainers.launch.fit` runs it on Ray: a
+    clean fit, then a fit from its best weights on train ∪ its adversarial copy."""
+    from advorch.config import RegimeConfig
+    from advorch.trainers.augment import settings
+    from advorch.trainers.loop import setup_worker, start_augmented
 
     t0 = time.perf_counter()
-    w = setup_worker(cfg, data)
-    for epoch in range(cfg.train.epochs):
+    clean = cfg.model_copy(update={"regime": RegimeConfig()})
+    w = setup_worker(clean if cfg.regime.schedule == "offline" else cfg, data)
+    _epochs(w, verbose)
+    if cfg.regime.schedule == "offline":
+        first = w.state["best_model"]
+        w = setup_worker(clean, data)
+        start_augmented(w, first, settings(cfg.regime))
+        _epochs(w, verbose)
+    w.model.load_state_dict(w.state["best_model"])
+    w.model.eval()
+    return w, time.perf_counter() - t0
+
+
+def _epochs(w, verbose: bool) -> None:
+    """Train `w` until its config's last epoch or early stop."""
+    from advorch.trainers.loop import train_epoch
+
+    for epoch in range(w.cfg.train.epochs):
         m = train_epoch(w, epoch)
         if verbose:
             terms = ", ".join(f"{k} {v:.4g}" for k, v in m.items()
@@ -35,6 +55,3 @@ def fit(cfg, data: str, verbose: bool = False):
                   f"({m['epoch_seconds']:.0f}s)", flush=True)
         if m["final_epoch"]:
             break
-    w.model.load_state_dict(w.state["best_model"])
-    w.model.eval()
-    return w, time.perf_counter() - t0

@@ -65,6 +65,7 @@ from advorch.pipelines.common import (
     Summary,
     stratified_codes,
     unused,
+    word2vec,
 )
 from advorch.pipelines.events import Layout, expand, read_files
 from advorch.pipelines.sessions import Sessions, codes, sessionise
@@ -181,21 +182,11 @@ def page_embeddings(s: Sessions, token_code: np.ndarray, token_names: np.ndarray
     Padding is 0, OOV the mean vector, a vocabulary token Word2Vec did not see a small
     random vector. `token_code` holds every event's token (index into `token_names`).
     """
-    from gensim.models import Word2Vec
-
     c = cfg.clickstream
     ev = gather(s, train)
     seqs = np.split(token_names.astype(str)[token_code[ev]], np.cumsum(s.lengths[train])[:-1])
-    model = Word2Vec([q.tolist() for q in seqs], vector_size=c.embedding_dim, window=c.embedding_window,
-                     min_count=1, sg=1, epochs=c.embedding_epochs, workers=c.embedding_workers,
-                     seed=cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    out = rng.normal(0, 0.1, (len(vocab), c.embedding_dim)).astype(np.float32)
-    where = np.array([model.wv.key_to_index.get(v, -1) for v in vocab])
-    out[where >= 0] = model.wv.vectors[where[where >= 0]]
-    out[1] = model.wv.vectors.mean(0) if len(model.wv) else 0
-    out[0] = 0
-    return out
+    return word2vec([q.tolist() for q in seqs], vocab, c.embedding_dim, c.embedding_window,
+                    c.embedding_epochs, cfg.seed, c.embedding_workers)
 
 
 def _previous_state(output: str, manifest: dict[str, Any] | None,

@@ -98,3 +98,21 @@ def stratified_codes(labels: np.ndarray, test_fraction: float, val_fraction: flo
         split[idx[:t]] = 2
         split[idx[t:t + v]] = 1
     return split
+
+
+def word2vec(sentences: list[list[str]], vocab: list[str], dim: int, window: int, epochs: int, seed: int,
+             workers: int = 1) -> np.ndarray:
+    """Word2Vec (skip-gram; 1 worker is deterministic) on `sentences` → (vocab, dim) float32 rows
+    for the vocabulary: padding 0, OOV the mean vector, a token Word2Vec did not see a small
+    random vector. The starting embeddings of the clickstream pages and the tweets' words."""
+    from gensim.models import Word2Vec
+
+    model = Word2Vec([s for s in sentences if len(s)], vector_size=dim, window=window, min_count=1, sg=1,
+                     epochs=epochs, workers=workers, seed=seed)
+    out = np.random.default_rng(seed).normal(0, 0.1, (len(vocab), dim)).astype(np.float32)
+    where = np.array([model.wv.key_to_index.get(v, -1) for v in vocab])
+    out[where >= 0] = model.wv.vectors[where[where >= 0]]
+    out[1] = model.wv.vectors.mean(0) if len(model.wv) else 0
+    out[0] = 0
+    return out
+

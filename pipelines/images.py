@@ -160,17 +160,20 @@ def _inside(path: str, root: str) -> bool:
     return os.path.commonpath([path, root]) == root
 
 
-def scan_folder(root: str, class_level: str, extensions: list[str]) -> tuple[list[Candidate], list[str]]:
+def scan_folder(root: str, class_level: str | None, extensions: list[str],
+                what: str = "data.images.root") -> tuple[list[Candidate], list[str]]:
     """Every file under `root` with an allowed suffix, classed or rejected; and the files (paths
     under root) skipped for their suffix. Symlinked folders are never descended into.
+    `class_level` None: files need no class folder (their `cls` is ""); `what`: the config key.
 
     Raises:
         PipelineError: root is missing or not a folder.
     """
     base = Path(root)
     if not base.is_dir():
-        raise PipelineError(f"data.images.root {root} does not exist or is not a folder; "
-                            "point it at the folder that holds one sub-folder per class")
+        raise PipelineError(f"{what} {root} does not exist or is not a folder; "
+                            + ("point it at the folder that holds the images" if class_level is None
+                               else "point it at the folder that holds one sub-folder per class"))
     real_root = os.path.realpath(base)
     exts = {e.lower() for e in extensions}
     shown_root = str(root).rstrip("/")
@@ -214,7 +217,9 @@ def scan_folder(root: str, class_level: str, extensions: list[str]) -> tuple[lis
                                        "not a regular file: a FIFO, device or socket is never read"))
                 continue
             parts = rel.split("/")
-            if class_level == "top" and len(parts) >= 2:
+            if class_level is None:
+                found.append(Candidate(rel, shown, real, ""))
+            elif class_level == "top" and len(parts) >= 2:
                 found.append(Candidate(rel, shown, real, parts[0]))
             elif class_level == "parent" and len(parts) >= 3:
                 found.append(Candidate(rel, shown, real, parts[-2]))
@@ -250,15 +255,20 @@ def _fingerprints(found: list[Candidate], previous: dict[str, Any] | None) -> li
 # ---------------------------------------------------------------- writing (driver)
 
 
-def pixel_table(ids: np.ndarray, labels: np.ndarray, pixels: np.ndarray) -> pa.Table:
-    """Rows as a table of SCHEMA; `pixels` is (n, C*H*W) uint8, turned into lists without a copy
-    per row (one offsets array over the flat values)."""
+def pixel_lists(pixels: np.ndarray) -> pa.ListArray:
+    """(n, C*H*W) uint8 → a list<uint8> column, without a copy per row (one offsets array over
+    the flat values)."""
     n, width = pixels.shape
     offsets = pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32))
     values = pa.array(np.ascontiguousarray(pixels).ravel(), type=pa.uint8())
+    return pa.ListArray.from_arrays(offsets, values, type=pa.list_(pa.uint8()))
+
+
+def pixel_table(ids: np.ndarray, labels: np.ndarray, pixels: np.ndarray) -> pa.Table:
+    """Rows as a table of SCHEMA; `pixels` is (n, C*H*W) uint8."""
     return pa.table({"id": pa.array(ids.tolist(), pa.string()),
                      "label": pa.array(labels, pa.int64()),
-                     "pixels": pa.ListArray.from_arrays(offsets, values, type=pa.list_(pa.uint8()))},
+                     "pixels": pixel_lists(pixels)},
                     schema=SCHEMA)
 
 
@@ -335,26 +345,32 @@ def _decode_folder(found: list[Candidate], im: ImagesConfig, quarantine: Quarant
     from advorch.pipelines.cluster import dask_client
 
     todo = [c for c in found if c.reason is None]
+    if not todo:
+        return [], np.empty((0, im.channels * im.size * im.size), np.uint8), 0
+    with dask_client(dask_address) as client:
+        return decode_on(client, todo, im.size, im.channels, im.max_pixels, quarantine)
+
+
+def decode_on(client: Any, todo: list[Candidate], size: int, channels: int, max_pixels: int,
+              quarantine: Quarantine) -> tuple[list[Candidate], np.ndarray, int]:
+    """Decode files on the Dask `client`, a batch per task; quarantine the failures (by their
+    shown path). Returns the decoded files, their pixels (n, C*S*S) and how many were resized."""
     good: list[Candidate] = []
-    chunks: list[np.ndarray] = []
+    chunks: list[np.ndarray] = [np.empty((0, channels * size * size), np.uint8)]
     resized = 0
-    if todo:
-        with dask_client(dask_address) as client:
-            workers = max(len(client.scheduler_info()["workers"]), 1)
-            per_task = max(1, min(MAX_BATCH, math.ceil(len(todo) / (4 * workers))))  # ~4 tasks a worker
-            batches = [todo[i:i + per_task] for i in range(0, len(todo), per_task)]
-            futures = [client.submit(decode_batch, [c.real for c in b], im.size, im.channels,
-                                     im.max_pixels, pure=False) for b in batches]
-            for batch, fut in zip(batches, track(futures, "decoding images", total=len(futures)),
-                                  strict=True):
-                result = fut.result()
-                good += [batch[i] for i in result["ok"]]
-                chunks.append(result["pixels"])
-                resized += result["resized"]
-                for i, reason in result["bad"]:
-                    quarantine.add(batch[i].shown, reason)
-    width = im.channels * im.size * im.size
-    return good, np.concatenate(chunks) if chunks else np.empty((0, width), np.uint8), resized
+    workers = max(len(client.scheduler_info()["workers"]), 1)
+    per_task = max(1, min(MAX_BATCH, math.ceil(len(todo) / (4 * workers))))  # ~4 tasks a worker
+    batches = [todo[i:i + per_task] for i in range(0, len(todo), per_task)]
+    futures = [client.submit(decode_batch, [c.real for c in b], size, channels, max_pixels, pure=False)
+               for b in batches]
+    for batch, fut in zip(batches, track(futures, "decoding images", total=len(futures)), strict=True):
+        result = fut.result()
+        good += [batch[i] for i in result["ok"]]
+        chunks.append(result["pixels"])
+        resized += result["resized"]
+        for i, reason in result["bad"]:
+            quarantine.add(batch[i].shown, reason)
+    return good, np.concatenate(chunks), resized
 
 
 def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = None) -> Summary:

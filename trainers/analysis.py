@@ -93,7 +93,10 @@ def explain_run(run_id: str, n: int = 5, epsilon: float | None = None, mlflow_ur
     rows = load_slice(run.spec, split, 0, 1, run.cfg.model.max_length)
     batch = make_batch(rows, torch.arange(min(n, len(rows))), torch.device("cpu"))
     with tempfile.TemporaryDirectory() as tmp:
-        if "pixels" in run.spec.inputs:
+        if run.cfg.model.name in CRISIS_MODELS:
+            batch = make_batch(rows, torch.arange(min(max(n, 256), len(rows))), torch.device("cpu"))
+            items = _tweets(run, batch, eps, tmp)
+        elif "pixels" in run.spec.inputs:
             items = _image_saliency(run, batch, tmp)
         elif "features" in run.spec.inputs:
             items = _series(run, batch, eps, tmp)
@@ -102,6 +105,26 @@ def explain_run(run_id: str, n: int = 5, epsilon: float | None = None, mlflow_ur
         for f in sorted(Path(tmp).iterdir()):
             tracking.log_file(run.uri, run_id, str(f), "explain")
     return items, eps, run.spec.classes
+
+
+CRISIS_MODELS = ("visual_cnn", "text_cnn", "mmn")
+
+
+def _tweets(run: Run, batch: dict, eps: float, tmp: str) -> list:
+    """Fig. 4-5 of the crisis-tweet paper: per class, a tweet and its multimodal adversarial
+    version (among the first rows of the split), replaced words marked."""
+    from advorch.pipelines.shards import read_side_file
+    from advorch.trainers.explain_tweets import examples_html, examples_plot, tweet_examples
+
+    vocab = json.loads(read_side_file(run.data, "vocab.json", run.spec.manifest))
+    words = [""] * (max(vocab.values()) + 1)
+    for w, i in vocab.items():
+        words[i] = w
+    r = run.cfg.regime
+    items = tweet_examples(run.model, run.task, batch, words, eps, r.neighbours, r.threshold)
+    Path(tmp, "examples.html").write_text(examples_html(items, run.spec.classes))
+    examples_plot(items, run.spec.classes, f"{tmp}/examples.png")
+    return items
 
 
 def _image_saliency(run: Run, batch: dict, tmp: str) -> list:

@@ -35,11 +35,37 @@ class TensorData:
         return len(self.labels)
 
     def serving_inputs(self, n: int | None = None) -> Tensor:
-        """The first n rows of the (single) input as the serving wrapper takes it: token ids,
-        features, or pixels as float32 in [0, 1]."""
-        (name, x), = self.inputs.items()
-        x = x[:n] if n is not None else x
-        return as_model_input(name, x)
+        """The first n rows as the serving wrapper takes them: the one input (token ids, features,
+        or pixels as float32 in [0, 1]), or several packed into one float32 (N, W) array
+        (`serving_layout`): MLflow's torch models serve one array, not a dict."""
+        rows = {k: as_model_input(k, x[:n] if n is not None else x) for k, x in self.inputs.items()}
+        if len(rows) == 1:
+            return next(iter(rows.values()))
+        return torch.cat([rows[k].flatten(1).float() for k, _ in self.serving_layout()], dim=1)
+
+    def serving_layout(self) -> list[tuple[str, tuple[int, ...]]] | None:
+        """How `serving_inputs` packs several inputs: (name, per-row shape) in name order; None
+        for one input (served as it is)."""
+        if len(self.inputs) == 1:
+            return None
+        return [(k, tuple(x.shape[1:])) for k, x in sorted(self.inputs.items())]
+
+
+def unpack(packed: Tensor, layout: list[tuple[str, tuple[int, ...]]]) -> dict[str, Tensor]:
+    """A packed serving array (`TensorData.serving_inputs`) back to the batch the model reads:
+    token ids as int64 with their mask, a one-value column (has_image) as bool."""
+    batch, at = {}, 0
+    for name, shape in layout:
+        width = int(np.prod(shape, dtype=np.int64))
+        x = packed[:, at:at + width].reshape(len(packed), *shape)
+        at += width
+        if name == "tokens":
+            x = x.round().long()
+            batch["mask"] = x != 0
+        elif not shape:
+            x = x != 0
+        batch[name] = x
+    return batch
 
 
 def as_model_input(name: str, x: Tensor) -> Tensor:
@@ -70,10 +96,14 @@ def read_rows(spec: DatasetSpec, split: str, start: int, stop: int) -> pa.Table:
 
 def column_tensor(table: pa.Table, spec: InputSpec, max_length: int) -> Tensor:
     """One input column as a tensor: token lists padded (or cut to their first `max_length`) into
-    (N, T); fixed-shape lists reshaped into (N, *shape) in the stored dtype."""
+    (N, T); fixed-shape lists reshaped into (N, *shape) in the stored dtype; one value per row
+    (shape [], e.g. a bool `has_image`) as (N,)."""
     column = table.column(spec.column).combine_chunks()
     if spec.variable_length:
         return pad_tokens(column, max_length)
+    if not spec.shape:
+        values = column.to_numpy(zero_copy_only=False).astype(spec.dtype)
+        return torch.from_numpy(np.ascontiguousarray(values))
     flat = column.flatten().to_numpy(zero_copy_only=False)
     return torch.from_numpy(np.ascontiguousarray(flat.astype(spec.dtype)).reshape(len(table), *spec.shape))
 

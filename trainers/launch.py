@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from advorch.config import ExperimentConfig
+from advorch.config import ExperimentConfig, RegimeConfig
 
 
 class TrainingError(RuntimeError):
@@ -84,6 +84,31 @@ def fit(cfg: ExperimentConfig, data: str, *, run_id: str | None = None,
         tracking_uri: str | None = None, name: str | None = None, storage: str | None = None,
         on_epoch: Callable[[dict[str, Any]], None] | None = None, callbacks: list[Any] | None = None,
         cpus_per_worker: float | None = None):
+    """`fit_once`, or with regime.schedule = "offline" the two stages of MMAT's Algorithm 1
+    (Chen et al.; trainers/augment.py): a clean fit, then a fit from its best weights on the
+    train split plus its adversarial copy crafted once with that model. Returns the last
+    stage's ray.train.Result; the epochs of both reach MLflow as one series, and `callbacks`
+    (Tune's report) see the second stage only."""
+    once = dict(run_id=run_id, tracking_uri=tracking_uri, storage=storage, on_epoch=on_epoch,
+                cpus_per_worker=cpus_per_worker)
+    if cfg.regime.schedule != "offline":
+        return fit_once(cfg, data, name=name, callbacks=callbacks, **once)
+    from advorch.trainers.augment import settings
+
+    name = name or f"{cfg.name}-{uuid.uuid4().hex[:8]}"
+    first = fit_once(cfg.model_copy(update={"regime": RegimeConfig()}), data, name=f"{name}-stage1", **once)
+    if first.error:
+        raise first.error
+    initial = load_checkpoint_dir(first.checkpoint)["state"]["best_model"]
+    return fit_once(cfg.model_copy(update={"regime": RegimeConfig()}), data, name=f"{name}-stage2",
+                    callbacks=callbacks, extra={"initial": initial, "adversarial": settings(cfg.regime),
+                                                "step_offset": first.metrics["epoch"] + 1}, **once)
+
+
+def fit_once(cfg: ExperimentConfig, data: str, *, run_id: str | None = None,
+             tracking_uri: str | None = None, name: str | None = None, storage: str | None = None,
+             on_epoch: Callable[[dict[str, Any]], None] | None = None, callbacks: list[Any] | None = None,
+             cpus_per_worker: float | None = None, extra: dict[str, Any] | None = None):
     """Run `train_worker` on Ray Train workers; returns the ray.train.Result.
 
     `name` under `storage` (default: cfg.train.storage) holds the checkpoints; reusing a
@@ -106,7 +131,7 @@ def fit(cfg: ExperimentConfig, data: str, *, run_id: str | None = None,
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"experiment": cfg.model_dump(), "data": data, "progress": progress,
-                           "run_id": run_id, "tracking_uri": tracking_uri},
+                           "run_id": run_id, "tracking_uri": tracking_uri, **(extra or {})},
         scaling_config=ScalingConfig(
             num_workers=workers, use_gpu=cfg.train.gpus,
             resources_per_worker=None if cpus_per_worker is None else {"CPU": cpus_per_worker}),
@@ -149,7 +174,8 @@ def _follow(uri: str, seen: int, on_epoch: Callable[[dict[str, Any]], None]) -> 
 
 def test_metrics(cfg: ExperimentConfig, data: str,
                  model_state: dict[str, Any]) -> tuple[dict[str, float], Any, Any, Any]:
-    """test_* metrics of a trained state on the whole test split; (metrics, model, task, example)."""
+    """test_* metrics of a trained state on the whole test split; (metrics, model, task, test
+    split as TensorData)."""
     import torch
 
     from advorch.pipelines.spec import read_spec
@@ -161,7 +187,7 @@ def test_metrics(cfg: ExperimentConfig, data: str,
     model.load_state_dict(model_state)
     test = load_slice(spec, "test", 0, 1, cfg.model.max_length)
     metrics = task.evaluate(model, test, 256, torch.device("cpu"), prefix="test_")
-    return metrics, model, task, test.serving_inputs(4)
+    return metrics, model, task, test
 
 
 def train(cfg: ExperimentConfig, data: str | None = None, *, ray_address: str | None = None,
@@ -247,7 +273,7 @@ def finish(cfg: ExperimentConfig, data: str, manifest: dict[str, Any], result: A
     if result.error:
         raise result.error
     saved = load_checkpoint_dir(result.checkpoint)
-    metrics, model, task, example = test_metrics(cfg, data, saved["state"]["best_model"])
+    metrics, model, task, test = test_metrics(cfg, data, saved["state"]["best_model"])
     metrics["best_epoch"] = saved["state"]["best_epoch"]
     metrics["best_" + cfg.train.metric] = saved["state"]["best_metric"]
     model_uri = None
@@ -259,8 +285,11 @@ def finish(cfg: ExperimentConfig, data: str, manifest: dict[str, Any], result: A
             tracking.log_text(uri, run_id, read_side_file(data, "vocab.json", manifest).decode(),
                               "dataset/vocab.json")
         if cfg.mlflow.log_model:
-            model_uri = tracking.log_model(uri, run_id, task.serving(model.eval()), example.numpy(),
-                                           {"classes.json": manifest["classes"]})
+            layout = test.serving_layout()  # several inputs: served packed in one array
+            model_uri = tracking.log_model(uri, run_id, task.serving(model.eval(), layout),
+                                           test.serving_inputs(4).numpy(),
+                                           {"classes.json": manifest["classes"],
+                                            **({"serving_layout.json": layout} if layout else {})})
             tracking.set_tag(uri, run_id, "advorch.model_uri", model_uri)
         tracking.end_run(uri, run_id)
     return TrainResult(run_id, uri, metrics, result.checkpoint.path, model_uri)

@@ -156,24 +156,41 @@ def restore_state(w: Worker, folder: str) -> None:
     w.state = saved["state"]
 
 
+def start_augmented(w: Worker, initial: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Algorithm 1 steps 3-7 (Chen et al., trainers/augment.py) on this rank: load the trained
+    model of stage 1 (`initial`, its best state dict), craft the adversarial copy of this
+    rank's train slice with it in eval mode, and train on both from those weights."""
+    from advorch.trainers.augment import adversarial_copy, augmented
+
+    w.model.load_state_dict(initial)
+    copy = adversarial_copy(w.model, w.task, w.train, w.cfg.train.batch_size * 4, w.device, settings)
+    w.train = augmented(w.train, copy)
+    w.steps *= 2  # every rank's slice doubled: the smallest still decides
+
+
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: train on this rank's slice, validate, checkpoint and report each epoch.
 
     config: {"experiment": ExperimentConfig dump, "data": dataset URI, "progress": URI | None,
-             "tracking_uri": str | None, "run_id": str | None}
+             "tracking_uri": str | None, "run_id": str | None}; for offline MMAT's stage 2 also
+             "initial" (stage 1's best state dict), "adversarial" (epsilon, neighbours,
+             threshold) and "step_offset" (stage 1's epochs, for the MLflow steps)
     """
     import ray.train
 
     cfg = ExperimentConfig.model_validate(config["experiment"])
     ctx = ray.train.get_context()
     w = setup_worker(cfg, config["data"], ctx.get_world_rank(), ctx.get_world_size(), dev.worker_device())
+    if config.get("initial"):  # offline MMAT stage 2: from stage 1's best weights, on train ∪ adversarial
+        start_augmented(w, config["initial"], config["adversarial"])
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # resumed after a failure: continue after the last reported epoch
         with checkpoint.as_directory() as d:
             restore_state(w, d)
-    else:
+    elif not config.get("initial"):
         dev.broadcast_parameters(w.model)
     resumed_from = w.state["epoch"] + 1
+    offset = config.get("step_offset", 0)  # stage 2 logs its epochs after stage 1's
 
     for epoch in range(resumed_from, cfg.train.epochs):
         metrics = train_epoch(w, epoch)
@@ -189,7 +206,8 @@ def train_worker(config: dict[str, Any]) -> None:
                     from advorch import tracking
 
                     tracking.log_metrics(config["tracking_uri"], config["run_id"],
-                                         {k: v for k, v in metrics.items() if v is not None}, step=epoch)
+                                         {k: v for k, v in metrics.items() if v is not None},
+                                         step=epoch + offset)
             ray.train.report(metrics, checkpoint=ckpt)
         if metrics["final_epoch"]:
             break

@@ -182,7 +182,7 @@ def test_possible_combinations_pass_and_a_model_that_cannot_read_the_data_is_ref
     assert check(_cfg('regime.name="vat"', 'model.name="lstm"', "regime.attention_aware=false")) == []
     problems = check(_cfg('model.name="image_cnn"'), token_spec())
     assert problems == ["model.name = 'image_cnn' reads pixels, the dataset memory://tokens has tokens; "
-                        "use model.name = 'lstm' or 'lstm_attention'"]
+                        "use model.name = 'lstm' or 'lstm_attention' or 'text_cnn'"]
     assert check(_cfg('model.name="image_cnn"', 'regime.name="fgsm"'), pixel_spec()) == []
 
 

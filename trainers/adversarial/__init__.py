@@ -8,6 +8,8 @@
     vat             VAT, eq. 3 (vat.py)
     pgd             k-step projected attack as training, L2 or L∞ (pgd.py)
     input_gradient  λ_ig·‖∇_x ℓ‖², double backprop or finite differences (input_gradient.py)
+    mmat            multi-modal AT (Chen et al.): FGSM images + eq. 2 word replacement, fresh every
+                    batch, crafted in eval mode (word_replace.py)
     at_vat          = attention_at+vat
 
 `regime.filter = "sf"` refines AT / VAT by Selective Filtering (eq. 12), `"cat"` AT by
@@ -25,6 +27,7 @@ from advorch.trainers.adversarial.base import CleanPass, Regime, Term, clean_pas
 from advorch.trainers.adversarial.input_gradient import InputGradientPenalty
 from advorch.trainers.adversarial.pgd import PGDLoss
 from advorch.trainers.adversarial.vat import VirtualAdversarialLoss
+from advorch.trainers.adversarial.word_replace import MultiModalAdversarialLoss
 
 __all__ = ["Regime", "Term", "CleanPass", "clean_pass", "TERMS", "build_regime", "term_names", "regime_keys",
            "check"]
@@ -36,6 +39,7 @@ TERMS: dict[str, Any] = {
     "vat": VirtualAdversarialLoss,
     "pgd": PGDLoss,
     "input_gradient": InputGradientPenalty,
+    "mmat": MultiModalAdversarialLoss,
 }
 ALIASES = {"at_vat": "attention_at+vat"}
 SHARED = {"name", "inputs"}  # read by the regime itself

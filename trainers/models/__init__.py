@@ -3,12 +3,14 @@
 
     lstm, lstm_attention   lstm_attention.py (Jia et al. KDD'19 eq. 4-10), tokens or features
     image_cnn              image_cnn.py (two conv blocks + global average pooling), pixels
+    visual_cnn, text_cnn   crisis.py (Chen et al. §III-A), pixels / tokens
+    mmn                    crisis.py, the multi-modal network: pixels and tokens (both)
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -17,11 +19,12 @@ from torch import nn
 from advorch.config import ModelConfig
 from advorch.pipelines.spec import DatasetSpec
 from advorch.trainers.models.base import Batch, Inputs, Output, Perturbable, PerturbableModel
+from advorch.trainers.models.crisis import MMN, TextCNN, VisualCNN
 from advorch.trainers.models.image_cnn import ImageCNN
 from advorch.trainers.models.lstm_attention import LSTMAttention
 
 __all__ = ["Batch", "Inputs", "Output", "Perturbable", "PerturbableModel", "LSTMAttention", "ImageCNN",
-           "MODELS", "build_model", "model_problems"]
+           "VisualCNN", "TextCNN", "MMN", "MODELS", "build_model", "model_problems"]
 
 
 def _lstm(cfg: ModelConfig, spec: DatasetSpec, init_weights: bool) -> nn.Module:
@@ -38,9 +41,9 @@ def _lstm(cfg: ModelConfig, spec: DatasetSpec, init_weights: bool) -> nn.Module:
     return model
 
 
-def _initial_embeddings(cfg: ModelConfig, spec: DatasetSpec, model: LSTMAttention) -> None:
-    """From model.pretrained_vectors (a word2vec/GloVe file, mapped by the vocabulary side file),
-    else the dataset's own vectors (embeddings.npy) unless model.init_embeddings = "random"."""
+def _initial_embeddings(cfg: ModelConfig, spec: DatasetSpec, model: nn.Module) -> None:
+    """model.embedding from model.pretrained_vectors (a word2vec/GloVe file, mapped by the vocabulary
+    side file), else the dataset's own vectors (embeddings.npy) unless model.init_embeddings = "random"."""
     from advorch.pipelines.shards import read_side_file
     from advorch.trainers.models.pretrained import load_dataset_vectors, load_word_vectors
 
@@ -58,13 +61,34 @@ def _image_cnn(cfg: ModelConfig, spec: DatasetSpec, init_weights: bool) -> nn.Mo
                     cfg.activation)
 
 
+def _crisis(cfg: ModelConfig, spec: DatasetSpec, init_weights: bool) -> nn.Module:
+    """Chen et al.'s Visual-CNN, Text-CNN or MMN (§III-A); H = model.hidden_dim (the paper: 64)."""
+    image = tuple(spec.input("pixels").shape) if cfg.name != "text_cnn" else None
+    text = dict(embedding_dim=cfg.embedding_dim, window=cfg.text_window, filters=cfg.text_filters)
+    common = dict(hidden=cfg.hidden_dim, dropout=cfg.dropout)
+    if cfg.name == "visual_cnn":
+        return VisualCNN(image, spec.num_classes, tuple(cfg.channels), **common)
+    model = (TextCNN(spec.vocab_size, spec.num_classes, **text, **common) if cfg.name == "text_cnn" else
+             MMN(image, spec.vocab_size, spec.num_classes, tuple(cfg.channels), **text, **common))
+    if init_weights:
+        _initial_embeddings(cfg, spec, model)
+    return model
+
+
 @dataclass(frozen=True)
 class ModelEntry:
-    """How to build a model, which dataset inputs it reads (one of), whether it has attention."""
+    """How to build a model, which dataset inputs it reads (one of them; all of them with
+    `all_inputs`), whether it has attention."""
 
     build: Callable[[ModelConfig, DatasetSpec, bool], nn.Module]
     reads: tuple[str, ...]
     attention: bool
+    all_inputs: bool = False
+
+    def fits(self, inputs: Iterable[str]) -> bool:
+        """Whether a dataset with these inputs has what the model reads."""
+        have = set(inputs)
+        return set(self.reads) <= have if self.all_inputs else bool(set(self.reads) & have)
 
 
 SHAPES = {"tokens": "[length]", "features": "[steps, features]", "pixels": "[channels, height, width]"}
@@ -74,15 +98,19 @@ MODELS: dict[str, ModelEntry] = {
     "lstm": ModelEntry(_lstm, ("tokens", "features"), attention=False),
     "lstm_attention": ModelEntry(_lstm, ("tokens", "features"), attention=True),
     "image_cnn": ModelEntry(_image_cnn, ("pixels",), attention=False),
+    "visual_cnn": ModelEntry(_crisis, ("pixels",), attention=False),
+    "text_cnn": ModelEntry(_crisis, ("tokens",), attention=False),
+    "mmn": ModelEntry(_crisis, ("pixels", "tokens"), attention=False, all_inputs=True),
 }
 
 
 def model_problems(cfg: ModelConfig, spec: DatasetSpec) -> list[str]:
     """Why this model cannot train on this dataset (empty when it can)."""
     entry = MODELS[cfg.name]
-    if not set(entry.reads) & set(spec.inputs):
-        suited = [n for n, e in MODELS.items() if set(e.reads) & set(spec.inputs)]
-        return [f"model.name = {cfg.name!r} reads {' or '.join(entry.reads)}, the dataset {spec.uri} has "
+    if not entry.fits(spec.inputs):
+        suited = [n for n, e in MODELS.items() if e.fits(spec.inputs)]
+        reads = (" and " if entry.all_inputs else " or ").join(entry.reads)
+        return [f"model.name = {cfg.name!r} reads {reads}, the dataset {spec.uri} has "
                 f"{', '.join(spec.inputs) or 'no inputs'}; use model.name = "
                 f"{' or '.join(repr(n) for n in suited) or '(none fits)'}"]
     return [f"{spec.uri}: input {name!r} has shape {list(spec.inputs[name].shape)}, model.name = "

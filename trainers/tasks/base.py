@@ -41,8 +41,9 @@ class Task(Protocol):
         """Metrics of the model on `data` (over all ranks' slices), on perturbed inputs if given."""
         ...
 
-    def serving(self, model: nn.Module) -> nn.Module:
-        """The module that is logged: the model's serving input → what users get back."""
+    def serving(self, model: nn.Module, layout: list[tuple[str, tuple[int, ...]]] | None = None) -> nn.Module:
+        """The module that is logged: the model's serving input (several inputs packed by
+        `layout`) → what users get back."""
         ...
 
     def to(self, device: torch.device) -> Task:

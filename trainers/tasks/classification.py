@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advorch.pipelines.spec import DatasetSpec
-from advorch.trainers.data import TensorData, batches
+from advorch.trainers.data import TensorData, batches, unpack
 from advorch.trainers.device import all_gather_cat
 from advorch.trainers.models.base import Batch, Output
 from advorch.trainers.tasks.base import Perturb
@@ -51,8 +51,8 @@ class Classification:
         labels = all_gather_cat(data.labels.to(probs.device))
         return metrics(probs, labels, prefix)
 
-    def serving(self, model: nn.Module) -> nn.Module:
-        return Serving(model)
+    def serving(self, model: nn.Module, layout: list[tuple[str, tuple[int, ...]]] | None = None) -> nn.Module:
+        return Serving(model, layout)
 
     @staticmethod
     def problems(metric: str, spec: DatasetSpec) -> list[str]:
@@ -122,12 +122,13 @@ def metrics(probs: Tensor, labels: Tensor, prefix: str = "") -> dict[str, float]
 
 class Serving(nn.Module):
     """The model's serving input (token ids (B, T) 0-padded, features (B, T, F), pixels
-    (B, C, H, W) in [0, 1]) → class probabilities (B, C): the logged model."""
+    (B, C, H, W) in [0, 1]; several inputs packed in one float32 (B, W) array by `layout`, see
+    data.TensorData.serving_inputs) → class probabilities (B, C): the logged model."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, layout: list[tuple[str, tuple[int, ...]]] | None = None) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.layout = model, layout
 
     def forward(self, inputs: Tensor) -> Tensor:
-        batch = self.model.serving_batch(inputs)
+        batch = unpack(inputs, self.layout) if self.layout else self.model.serving_batch(inputs)
         return torch.softmax(self.model(self.model.embed(batch), batch).scores, dim=-1)
