@@ -257,7 +257,9 @@ def train(config: ConfigArg,
 @app.command()
 def evaluate(run_id: Annotated[str, typer.Argument(help="MLflow run id of a training run.")],
              attack: Annotated[str, typer.Option(
-                 help="Attacks, comma-separated: at, fgsm, pgd, pgd_linf.")] = "at,pgd",
+                 help="Attacks, comma-separated: at, fgsm, pgd, pgd_linf; word_replace, fgsm_words "
+                      "(tweets: words by eq. 2 with the run's regime.neighbours / threshold, images "
+                      "by FGSM).")] = "at,pgd",
              eps: Annotated[str, typer.Option(help="Radii, comma-separated (L2; L∞ for fgsm, pgd_linf).")
                             ] = "0.5,1,2",
              steps: Annotated[int, typer.Option(help="PGD steps.")] = 10,

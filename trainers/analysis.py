@@ -65,7 +65,8 @@ def evaluate_run(run_id: str, attacks: list[str], epsilons: list[float], mlflow_
     with tempfile.TemporaryDirectory() as tmp:
         for label, source in sources:
             part = robustness(run.model, run.task, data, attacks, epsilons, steps=steps, step_size=step_size,
-                              source=source)
+                              source=source, neighbours=run.cfg.regime.neighbours,
+                              threshold=run.cfg.regime.threshold)
             prefix = "robust" if source is None else f"transfer_{label[:8]}"
             tracking.log_metrics(run.uri, run_id, {
                 f"{prefix}_{r['attack']}_eps{r['epsilon']:g}_{k}": r[k]
@@ -116,10 +117,7 @@ def _tweets(run: Run, batch: dict, eps: float, tmp: str) -> list:
     from advorch.pipelines.shards import read_side_file
     from advorch.trainers.explain_tweets import examples_html, examples_plot, tweet_examples
 
-    vocab = json.loads(read_side_file(run.data, "vocab.json", run.spec.manifest))
-    words = [""] * (max(vocab.values()) + 1)
-    for w, i in vocab.items():
-        words[i] = w
+    words = json.loads(read_side_file(run.data, "vocab.json", run.spec.manifest))  # id → word
     r = run.cfg.regime
     items = tweet_examples(run.model, run.task, batch, words, eps, r.neighbours, r.threshold)
     Path(tmp, "examples.html").write_text(examples_html(items, run.spec.classes))

@@ -41,7 +41,7 @@ class TensorData:
         rows = {k: as_model_input(k, x[:n] if n is not None else x) for k, x in self.inputs.items()}
         if len(rows) == 1:
             return next(iter(rows.values()))
-        return torch.cat([rows[k].flatten(1).float() for k, _ in self.serving_layout()], dim=1)
+        return torch.cat([rows[k].reshape(len(rows[k]), -1).float() for k, _ in self.serving_layout()], dim=1)
 
     def serving_layout(self) -> list[tuple[str, tuple[int, ...]]] | None:
         """How `serving_inputs` packs several inputs: (name, per-row shape) in name order; None

@@ -128,6 +128,7 @@ def train_epoch(w: Worker, epoch: int) -> dict[str, float]:
     metrics = {f"train_{k}": totals[k] / (w.steps * w.world) for k in keys}
     metrics.update(w.task.evaluate(w.model, w.val, cfg.train.batch_size * 4, w.device, prefix="val_"))
     metrics["epoch_seconds"] = time.perf_counter() - t0
+    metrics["train_rows"] = float(dev.all_sum([float(len(w.train))], w.device)[0])  # all ranks'
 
     state, value = w.state, metrics[cfg.train.metric]
     if is_better(value, state["best_metric"], cfg.train.metric):
