@@ -86,7 +86,8 @@ def test_offline_mmat_trains_evaluates_and_explains_through_the_cli(tmp_path: Pa
         pytest.skip(f"real CrisisMMD annotations not found at {tsv}")
     data = tmp_path / "cw"
     sets = [f'data.output="{data}"', f'data.tweets.files=["{tsv}"]', 'regime.name="mmat"',
-            'regime.schedule="offline"', "train.epochs=2", "train.patience=2", f'train.storage="{tmp_path}/runs"',
+            'regime.schedule="offline"', "train.epochs=2", "train.patience=2",
+            f'train.storage="{tmp_path}/runs"',
             'mlflow.experiment="tweets"', "model.hidden_dim=16", "data.tweets.embedding_epochs=2"]
     args = [a for s in sets for a in ("--set", s)]
     config = str(ROOT / "configs" / "crisismmd.toml")
