@@ -119,3 +119,20 @@ def test_offline_mmat_trains_evaluates_and_explains_through_the_cli(tmp_path: Pa
         assert [a != b for a, b in zip(x.words, x.adversarial_words, strict=True)] == x.changed
     logged = {a.path for a in client.list_artifacts(run_id, "explain")}
     assert {"explain/examples.png", "explain/examples.html"} <= logged
+
+
+def test_theta_threshold_and_candidates_are_sweepable_and_other_keys_refused() -> None:
+    """`advorch tune` over the mmat keys passes the config check; a key mmat does not read is
+    refused with the terms that read it (config only: no dataset needed)."""
+    from advorch.config import load_config
+    from advorch.trainers.adversarial import check
+
+    base = ['model.name="mmn"', 'regime.name="mmat"', 'regime.schedule="offline"']
+    space = ['tune.space."regime.epsilon".grid=[0.05, 0.1]', 'tune.space."regime.threshold".grid=[0.3, 0.5]',
+             'tune.space."regime.neighbours".choice=[5, 10]']
+    assert check(load_config(ROOT / "configs" / "mediaeval_tweets.toml", base + space)) == []
+    [problem] = check(load_config(ROOT / "configs" / "mediaeval_tweets.toml",
+                                  base + ['tune.space."regime.gamma".grid=[0.1, 0.2]']))
+    assert "tune.space sweeps 'regime.gamma'" in problem
+    [problem] = check(load_config(ROOT / "configs" / "crisismmd.toml", ['regime.schedule="offline"']))
+    assert "regime.schedule = 'offline' is not used by regime 'clean'" in problem and "mmat" in problem
