@@ -135,6 +135,16 @@ def parse_csv_block(block: bytes, names: list[str], wanted: list[str], delimiter
     return {"table": table.append_column("line", pa.array(kept, pa.int64())), "lines": lines, "bad": bad}
 
 
+def json_object(raw: bytes) -> tuple[dict[str, Any] | None, str]:
+    """One JSON line as an object, or (None, why not): the JSON error's first part, or "not a
+    JSON object" (a list, a number). The JSON-lines readers of events and tweets share it."""
+    try:
+        record = json.loads(raw)
+    except ValueError as e:
+        return None, str(e).split(":")[0]
+    return (record, "") if isinstance(record, dict) else (None, "not a JSON object")
+
+
 def parse_jsonl_block(block: bytes, wanted: list[str], categorical: list[str]) -> dict[str, Any]:
     """One block of a JSON-lines file → {"table", "lines", "bad", "keys"}; the fast reader first,
     line by line only when a line is broken (to name it). `keys`: every key the block holds."""
@@ -161,13 +171,9 @@ def _parse_jsonl(block: bytes, wanted: list[str]) -> dict[str, Any]:
             pass
     rows, kept, bad, keys = [], [], [], {}
     for i, raw in enumerate(lines, 1):
-        try:
-            record = json.loads(raw)
-            if not isinstance(record, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as e:
-            bad.append((i, f"malformed row: not a JSON object ({str(e).split(':')[0]})",
-                        raw.decode("latin-1")))
+        record, why = json_object(raw)
+        if record is None:
+            bad.append((i, f"malformed row: not a JSON object ({why})", raw.decode("latin-1")))
             continue
         rows.append({c: None if record.get(c) is None else str(record[c]) for c in wanted})
         kept.append(i)

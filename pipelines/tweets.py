@@ -67,7 +67,7 @@ from advorch.pipelines.common import (
     unused,
     word2vec,
 )
-from advorch.pipelines.events import Layout, expand, read_files
+from advorch.pipelines.events import Layout, expand, json_object, read_files
 from advorch.pipelines.images import Candidate, _fingerprints, decode_on, pixel_lists, scan_folder
 from advorch.pipelines.shards import (
     DatasetWriter,
@@ -220,13 +220,9 @@ def parse_jsonl_tweets(block: bytes, label_key: str) -> dict[str, Any]:
         lines.pop()
     rows, bad, keys = [], [], {}
     for n, raw in enumerate(lines, 1):
-        try:
-            record = json.loads(raw)
-            if not isinstance(record, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as e:
-            bad.append((n, f"malformed JSON line: {str(e).split(':')[0]}; fix or remove the line",
-                        raw.decode("latin-1")))
+        record, why = json_object(raw)
+        if record is None:
+            bad.append((n, f"malformed JSON line: {why}; fix or remove the line", raw.decode("latin-1")))
             continue
         keys.update(dict.fromkeys(record))
         tweet_id, text, label, media = parse_tweet(record, label_key)

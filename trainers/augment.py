@@ -49,6 +49,7 @@ def adversarial_copy(model: nn.Module, task: Task, data: TensorData, batch_size:
     inputs no attack changes (e.g. has_image) are copied. `craft`: `settings(regime)`."""
     from advorch.trainers.robustness import adversarial_examples
 
+    was_training = model.training
     model.eval()
     crafted: dict[str, list[Tensor]] = {name: [] for name in data.inputs}
     start = 0
@@ -60,7 +61,7 @@ def adversarial_copy(model: nn.Module, task: Task, data: TensorData, batch_size:
             like = column[start:start + n]
             crafted[name].append(stored(name, adv[name].cpu(), like) if name in adv else like)
         start += n
-    model.train()
+    model.train(was_training)
     return TensorData({k: torch.cat(v) for k, v in crafted.items()}, data.labels.clone(),
                       [f"{i}#adv" for i in data.ids])
 

@@ -96,11 +96,12 @@ def fit(cfg: ExperimentConfig, data: str, *, run_id: str | None = None,
     from advorch.trainers.augment import settings
 
     name = name or f"{cfg.name}-{uuid.uuid4().hex[:8]}"
-    first = fit_once(cfg.model_copy(update={"regime": RegimeConfig()}), data, name=f"{name}-stage1", **once)
+    clean = cfg.model_copy(update={"regime": RegimeConfig()})  # both stages train on the plain loss
+    first = fit_once(clean, data, name=f"{name}-stage1", **once)
     if first.error:
         raise first.error
     initial = load_checkpoint_dir(first.checkpoint)["state"]["best_model"]
-    return fit_once(cfg.model_copy(update={"regime": RegimeConfig()}), data, name=f"{name}-stage2",
+    return fit_once(clean, data, name=f"{name}-stage2",
                     callbacks=callbacks, extra={"initial": initial, "adversarial": settings(cfg.regime),
                                                 "step_offset": first.metrics["epoch"] + 1}, **once)
 
