@@ -178,6 +178,23 @@ def preprocess_tweets(config: ConfigArg, output: OutputOpt = None, dask_address:
                   soft_wrap=True)
 
 
+@preprocess_app.command("interactions")
+def preprocess_interactions(config: ConfigArg, output: OutputOpt = None, dask_address: DaskOpt = None,
+                            wait_lock: WaitLockOpt = 0, set_: SetOpt = None) -> None:
+    """User–item interactions (user item [timestamp] pairs, RecBole atomic or sequential files) +
+    item content features → leave-one-out ranking shards, users, items, feature matrix."""
+    summary = run_pipeline(_load_kind(config, set_, "interactions"), output, dask_address, wait_lock)
+    st = summary.manifest.get("interactions", {})
+    if not summary.up_to_date:
+        features = (f"{st['feature_dim']}-d features from {escape(st['feature_source'])}, "
+                    f"items without features {st['items_without_features']}" if st["feature_dim"]
+                    else "no item features")
+        out.print(f"interactions: users {st['users']}, items {st['items']}, pairs {st['pairs']}; dropped "
+                  f"users {st['dropped_users']} (fewer than data.interactions.min_interactions), "
+                  f"duplicates {st['duplicates']}; {features}; cold items {st['cold_items']} (no train "
+                  f"pair); split {st['split']} by {st['order']}", soft_wrap=True)
+
+
 def _print_result(result) -> None:
     table = Table(title="test metrics (best validation epoch)")
     table.add_column("metric")

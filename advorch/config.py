@@ -273,6 +273,61 @@ class TweetsConfig(_Section):
                                                           "(decompression bombs)")
 
 
+class ItemFeatures(_Section):
+    """Item content features (pipelines/interactions.py): a matrix keyed by item id (`path`), or
+    vectors a pretrained encoder computes from item text (`text`). Exactly one of the two."""
+
+    path: str | None = Field(None, description="the matrix: .npy (N, D), Parquet (id + vector columns) "
+                                               "or raw little-endian float32 (N x dim)")
+    format: Literal["npy", "parquet", "raw_float32"] = "npy"
+    dim: int | None = Field(None, ge=1, description="vector length: required for raw_float32 (the file "
+                                                    "holds no shape), checked against npy / parquet")
+    id_map: str | None = Field(None, description="'raw item id<TAB>row' lines (RecBole's *.item2index): "
+                                                 "the row of each item; unset: row k is item \"k\"")
+    id_column: str = Field("item_id", description="parquet / text: the item id column")
+    vector_column: str = Field("features", description="parquet: the list<float> vector column")
+    text: str | None = Field(None, description="item text file with a header, e.g. RecBole's *.text "
+                                               "(item_id:token, text:token_seq), tab-separated")
+    text_column: str = Field("text", description="text: the column holding the item's text")
+    encoder: str = Field("all-MiniLM-L6-v2", description="text: the sentence encoder (the optional "
+                                                         "extra `encoders`), or a local model folder")
+    batch_size: int = Field(64, ge=1, description="text: texts per encoder batch")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ItemFeatures:
+        if (self.path is None) == (self.text is None):
+            raise ValueError("give exactly one of path (a feature matrix) or text (item text to encode)")
+        if self.path is not None and self.format == "raw_float32" and self.dim is None:
+            raise ValueError("format = \"raw_float32\" needs dim: the file holds no shape")
+        return self
+
+
+class InteractionsConfig(_Section):
+    """Implicit feedback → leave-one-out ranking shards, with optional item content features (He et
+    al. / Tang et al. AMR §5.1; pipelines/interactions.py)."""
+
+    format: Literal["pairs", "recbole", "recbole_seq"] = Field(
+        "pairs", description="pairs: user item [timestamp] lines; recbole: an atomic .inter file with a "
+                             "typed header; recbole_seq: user_id, item_id_list (history), item_id rows")
+    files: list[str] = Field(default_factory=list, description="interaction files: paths or globs")
+    separator: str | None = Field(None, description="field separator; unset: ',' for .csv, else tab")
+    header: bool | None = Field(None, description="the first line names the columns; unset: true for "
+                                                  "recbole formats, false for pairs")
+    names: list[str] = Field(default_factory=list,
+                             description="columns of a headerless file; empty: user, item [, timestamp]")
+    user_column: str | None = Field(None, description="unset: user (pairs), user_id (recbole)")
+    item_column: str | None = Field(None, description="unset: item (pairs), item_id (recbole)")
+    timestamp_column: str = Field("timestamp", description="used when the file has it; \"\": ignore")
+    item_list_column: str = Field("item_id_list", description="recbole_seq: the history column")
+    user_map: str | None = Field(None, description="'raw user id<TAB>token' lines (*.user2index) when "
+                                                   "the files hold tokens: the dataset names raw ids")
+    item_map: str | None = Field(None, description="'raw item id<TAB>token' lines (*.item2index), as "
+                                                   "user_map")
+    min_interactions: int = Field(3, ge=1, description="users with fewer distinct items are dropped "
+                                                       "(quarantined and counted)")
+    features: ItemFeatures | None = None
+
+
 class HealthConfig(_Section):
     """What a built dataset must have to be trained on (pipelines/health.py)."""
 
@@ -284,7 +339,7 @@ class HealthConfig(_Section):
 class DataConfig(_Section):
     """Where the raw data is and how the pipeline turns it into shards."""
 
-    kind: Literal["text", "clickstream", "modis", "images", "tweets"] = "text"
+    kind: Literal["text", "clickstream", "modis", "images", "tweets", "interactions"] = "text"
     sources: list[TextSource] = Field(default_factory=list)
     encoding: str = "utf-8"
     output: str = "data/dataset"
@@ -299,6 +354,7 @@ class DataConfig(_Section):
     modis: ModisConfig = Field(default_factory=ModisConfig)
     images: ImagesConfig = Field(default_factory=ImagesConfig)
     tweets: TweetsConfig = Field(default_factory=TweetsConfig)
+    interactions: InteractionsConfig = Field(default_factory=InteractionsConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
 
 
@@ -306,7 +362,8 @@ class ModelConfig(_Section):
     """The model: Jia et al. KDD'19 LSTM / LSTM-Attention (eq. 4-10), the image CNN, or Chen et al.'s
     Visual-CNN / Text-CNN / multi-modal MMN (§III-A; trainers/models/crisis.py)."""
 
-    name: Literal["lstm", "lstm_attention", "image_cnn", "visual_cnn", "text_cnn", "mmn"] = "lstm_attention"
+    name: Literal["lstm", "lstm_attention", "image_cnn", "visual_cnn", "text_cnn", "mmn", "pop", "mf_bpr",
+                  "vbpr"] = "lstm_attention"
     embedding_dim: int = Field(128, ge=1)
     hidden_dim: int = Field(140, ge=1)
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
@@ -324,6 +381,11 @@ class ModelConfig(_Section):
                                                   "(Chen et al. §IV-B: 2)")
     text_filters: int = Field(100, ge=1, description="text_cnn / mmn: convolution filters over the "
                                                      "words (Kim 2014: 100)")
+    l2: float = Field(0.0, ge=0.0, description="mf_bpr / vbpr: β of AMR eq. 10, the L2 penalty on the "
+                                               "triple's embeddings (and E), added once per step")
+    feature_scale: Literal["none", "standard", "l2"] = Field(
+        "l2", description="vbpr: item content features scaled to unit L2 norm per item (so ε of AMR is "
+                          "relative to a feature vector's length), standardised per dimension, or as stored")
 
 
 class RegimeConfig(_Section):
@@ -355,6 +417,9 @@ class RegimeConfig(_Section):
     schedule: Literal["online", "offline"] = Field(
         "online", description="mmat: online, fresh adversarial examples every batch; offline, the "
                               "paper's Algorithm 1: train, craft once with the trained model, retrain")
+    warm_start: bool = Field(
+        False, description="train the clean model first, then the regime from its best weights (AMR's "
+                           "Algorithm 1 line 1: AMR starts from a trained VBPR; APR from a trained MF-BPR)")
 
 
 class TrainConfig(_Section):
@@ -366,7 +431,10 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0.0)
     grad_clip: float = Field(5.0, ge=0.0, description="0 disables clipping")
     patience: int = Field(3, ge=1, description="epochs without validation gain before stopping")
-    metric: Literal["val_accuracy", "val_auc", "val_loss"] = "val_accuracy"
+    metric: Literal["val_accuracy", "val_auc", "val_loss", "val_hr_10", "val_ndcg_10"] = "val_accuracy"
+    optimizer: Literal["adam", "adagrad"] = Field("adam", description="Adagrad: the AMR paper's choice")
+    eval_negatives: int = Field(999, ge=0, description="ranking: sampled negatives per user scored with "
+                                                        "the held-out item (AMR §5.1); 0: rank all items")
     class_weights: bool = Field(False, description="weight the loss by inverse train class frequency")
     amp: bool = Field(False, description="CUDA only: forward passes in bfloat16 autocast")
     workers: int = Field(0, ge=0, description="0: one per available CPU")

@@ -21,21 +21,26 @@ def experiment(config: Path, data: str, regime: dict[str, Any], seed: int, extra
 
 
 def fit(cfg, data: str, verbose: bool = False):
-    """(worker with its best validation epoch's weights loaded, in eval mode; seconds). With
-    regime.schedule = "offline", MMAT's Algorithm 1 as `trainers.launch.fit` runs it on Ray: a
-    clean fit, then a fit from its best weights on train ∪ its adversarial copy."""
+    """(worker with its best validation epoch's weights loaded, in eval mode; seconds). Two stages
+    as `trainers.launch.fit` runs them on Ray: with regime.schedule = "offline" (MMAT's Algorithm
+    1) a clean fit, then a fit from its best weights on train ∪ its adversarial copy; with
+    regime.warm_start a clean fit, then the regime from its best weights."""
     from advorch.config import RegimeConfig
     from advorch.trainers.augment import settings
     from advorch.trainers.loop import setup_worker, start_augmented
 
     t0 = time.perf_counter()
     clean = cfg.model_copy(update={"regime": RegimeConfig()})
-    w = setup_worker(clean if cfg.regime.schedule == "offline" else cfg, data)
+    offline = cfg.regime.schedule == "offline"
+    w = setup_worker(clean if offline or cfg.regime.warm_start else cfg, data)
     _epochs(w, verbose)
-    if cfg.regime.schedule == "offline":
+    if offline or cfg.regime.warm_start:
         first = w.state["best_model"]
-        w = setup_worker(clean, data)
-        start_augmented(w, first, settings(cfg.regime))
+        w = setup_worker(clean if offline else cfg, data)
+        if offline:
+            start_augmented(w, first, settings(cfg.regime))
+        else:
+            w.model.load_state_dict(first)
         _epochs(w, verbose)
     w.model.load_state_dict(w.state["best_model"])
     w.model.eval()
@@ -51,7 +56,7 @@ def _epochs(w, verbose: bool) -> None:
         if verbose:
             terms = ", ".join(f"{k} {v:.4g}" for k, v in m.items()
                               if k.startswith("train_") and ("loss" in k or k == "train_ig_penalty"))
-            print(f"  epoch {epoch}: val_accuracy {m['val_accuracy']:.4f}, {terms} "
+            print(f"  epoch {epoch}: {w.cfg.train.metric} {m[w.cfg.train.metric]:.4f}, {terms} "
                   f"({m['epoch_seconds']:.0f}s)", flush=True)
         if m["final_epoch"]:
             break

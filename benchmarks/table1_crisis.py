@@ -6,6 +6,8 @@ the model being evaluated (eq. 1 FGSM on images, θ 0.1; eq. 2 word replacement,
     Visual-CNN / Text-CNN / MMN          regime clean
     Visual-CNN_adv / Text-CNN_adv / MMAT  regime mmat, schedule offline (Algorithm 1: train, craft
                                           the train split's adversarial copy once, retrain on both)
+    … (online)                            regime mmat, schedule online: fresh adversarial examples
+                                          of every batch (the paper's online variant)
 
 Sources (real): the CrisisMMD events (text only: their images are not offline, so only the
 text columns of Table I), from configs/crisismmd.toml with the event's file; MediaEval 2016
@@ -34,11 +36,13 @@ ROOT = Path(__file__).resolve().parents[1]
 ANNOTATIONS = ROOT.parent / "shared" / "data" / "crisismmd" / "annotations"
 EVENTS = {"california_wildfires": "California Wildfire", "hurricane_harvey": "Harvey Hurricane",
           "srilanka_floods": "Srilanka Floods"}
-MODELS = [  # (key, Table I column, model, adversarially trained)
-    ("visual_cnn", "Visual-CNN", "visual_cnn", False),
-    ("visual_cnn_adv", "Visual-CNN_adv", "visual_cnn", True),
-    ("text_cnn", "Text-CNN", "text_cnn", False), ("text_cnn_adv", "Text-CNN_adv", "text_cnn", True),
-    ("mmn", "MMN", "mmn", False), ("mmat", "MMAT", "mmn", True)]
+MODELS = [  # (key, Table I column, model, regime.schedule of the adversarial training or None)
+    ("visual_cnn", "Visual-CNN", "visual_cnn", None),
+    ("visual_cnn_adv", "Visual-CNN_adv", "visual_cnn", "offline"),
+    ("visual_cnn_adv_online", "Visual-CNN_adv (online)", "visual_cnn", "online"),
+    ("text_cnn", "Text-CNN", "text_cnn", None), ("text_cnn_adv", "Text-CNN_adv", "text_cnn", "offline"),
+    ("mmn", "MMN", "mmn", None), ("mmat", "MMAT", "mmn", "offline"),
+    ("mmat_online", "MMAT (online)", "mmn", "online")]
 MMAT = {"name": "mmat", "schedule": "offline", "epsilon": 0.1, "neighbours": 10, "threshold": 0.5}
 # Table I (original, adversarial) in %, per dataset and column
 PAPER = {
@@ -103,39 +107,49 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    columns = {k: (col, model, adv) for k, col, model, adv in MODELS}
-    rows, lines, t0 = [], [], time.perf_counter()
+    columns = {k: (col, model, schedule) for k, col, model, schedule in MODELS}
+    t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        for title, config, data, keys in datasets(args.source, tmp, args.extra):
-            for key in (args.models.split(",") if args.models else keys):
-                col, model, adv = columns[key]
-                got = {"original": [], "adversarial": []}
-                for seed in range(args.seeds):
-                    cfg = experiment(config, data, MMAT if adv else {"name": "clean"}, seed,
-                                     [f'model.name="{model}"', *args.extra])
+        sources = datasets(args.source, tmp, args.extra)
+        got: dict[tuple[str, str], dict[str, list[float]]] = {}
+        # seeds outermost: a run cut short still has every column, with fewer seeds
+        for seed in range(args.seeds):
+            for title, config, data, keys in sources:
+                for key in (args.models.split(",") if args.models else keys):
+                    col, model, schedule = columns[key]
+                    regime = {**MMAT, "schedule": schedule} if schedule else {"name": "clean"}
+                    cfg = experiment(config, data, regime, seed, [f'model.name="{model}"', *args.extra])
                     w, secs = fit(cfg, data)
                     orig, adv_acc = evaluate(w, data)
-                    got["original"].append(100 * orig)
-                    got["adversarial"].append(100 * adv_acc)
+                    cell = got.setdefault((title, col), {"original": [], "adversarial": []})
+                    cell["original"].append(100 * orig)
+                    cell["adversarial"].append(100 * adv_acc)
                     print(f"{title} {col} seed {seed}: original {100 * orig:.2f}, adversarial "
                           f"{100 * adv_acc:.2f} ({secs:.0f}s)", flush=True)
-                cells = []
-                for what, xs in got.items():
-                    mean, std = statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
-                    rows.append(report.row(f"{title} {col} {what}", "test_accuracy_mean", mean, std,
-                                           len(xs), "%"))
-                    cells.append(f"{mean:.2f} ± {std:.2f}")
-                paper = PAPER.get(title, {}).get(col)
-                lines.append(f"| {title} | {col} | {cells[0]} | {cells[1]} | "
-                             + (f"{paper[0]:.2f} | {paper[1]:.2f} |" if paper else "– | – |"))
+            write(args, got, seed + 1, time.perf_counter() - t0)
+
+
+def write(args: argparse.Namespace, got: dict[tuple[str, str], dict[str, list[float]]], seeds: int,
+          seconds: float) -> None:
+    """The results file and table of the seeds run so far (written after every seed)."""
+    rows, lines = [], []
+    for (title, col), cell in got.items():
+        cells = []
+        for what, xs in cell.items():
+            mean, std = statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+            rows.append(report.row(f"{title} {col} {what}", "test_accuracy_mean", mean, std, len(xs), "%"))
+            cells.append(f"{mean:.2f} ± {std:.2f}")
+        paper = PAPER.get(title, {}).get(col)
+        lines.append(f"| {title} | {col} | {cells[0]} | {cells[1]} | "
+                     + (f"{paper[0]:.2f} | {paper[1]:.2f} |" if paper else "– | – |"))
     notes = "\n".join([
         "| dataset | model | original (ours) | adversarial (ours) | original (paper) | adversarial (paper) |",
         "|---|---|---|---|---|---|", *lines, "",
-        f"- {args.seeds} seed(s) per cell, mean ± std, test accuracy in %; the attack (FGSM θ 0.1 on "
+        f"- {seeds} seed(s) per cell, mean ± std, test accuracy in %; the attack (FGSM θ 0.1 on "
         "images, word replacement threshold 0.5 over 10 candidates) is crafted against the model "
         "evaluated, in eval mode.",
-        f"- Overrides: {args.extra or 'none'}; wall time {time.perf_counter() - t0:.0f} s."])
-    print(notes)
+        f"- Overrides: {args.extra or 'none'}; wall time {seconds:.0f} s."])
+    print(notes, flush=True)
     report.write(args.name or f"table1_{args.source}", rows, notes)
 
 

@@ -43,6 +43,14 @@ def mr_config(path: Path, output: Path, **sections: dict) -> Path:
     return path
 
 
+def repo_config(name: str, folder: Path) -> Path:
+    """configs/NAME.toml copied into `folder` with its ../shared/data paths pointing at SHARED_DATA."""
+    path = folder / f"{name}.toml"
+    text = (ROOT / "configs" / f"{name}.toml").read_text()
+    path.write_text(text.replace("../shared/data", str(SHARED_DATA)))
+    return path
+
+
 def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     """Run the real `advorch` console script."""
     return subprocess.run([ADVORCH, *args], capture_output=True, text=True, timeout=timeout, **kwargs)

@@ -152,6 +152,8 @@ def test_train_check_compares_input_shapes_and_task_with_the_model() -> None:
     flat = replace(spec, inputs={"pixels": InputSpec("pixels", "pixels", (64,), "uint8", (0.0, 1.0))})
     [problem] = model_problems(cfg.model, flat)
     assert "has shape [64]" in problem and "3-d [channels, height, width]" in problem
-    assert "task 'ranking' has no trainer yet" in task_problems(cfg, replace(spec, task="ranking"))[0]
+    assert "task 'regression' has no trainer yet" in task_problems(cfg, replace(spec, task="regression"))[0]
+    ranking = task_problems(cfg, replace(spec, task="ranking"))  # a classification metric for a ranking
+    assert any('train.metric = "val_accuracy" is a classification metric' in p for p in ranking)
     empty = task_problems(cfg, spec)  # no split rows in memory: every split is named
     assert [p.split(": ")[1].split(" has")[0] for p in empty] == ["split train", "split val", "split test"]

@@ -84,26 +84,30 @@ def fit(cfg: ExperimentConfig, data: str, *, run_id: str | None = None,
         tracking_uri: str | None = None, name: str | None = None, storage: str | None = None,
         on_epoch: Callable[[dict[str, Any]], None] | None = None, callbacks: list[Any] | None = None,
         cpus_per_worker: float | None = None):
-    """`fit_once`, or with regime.schedule = "offline" the two stages of MMAT's Algorithm 1
-    (Chen et al.; trainers/augment.py): a clean fit, then a fit from its best weights on the
-    train split plus its adversarial copy crafted once with that model. Returns the last
+    """`fit_once`, or two stages: with regime.schedule = "offline" MMAT's Algorithm 1 (Chen et
+    al.; trainers/augment.py): a clean fit, then a fit from its best weights on the train split
+    plus its adversarial copy crafted once with that model; with regime.warm_start a clean fit,
+    then the regime from its best weights (AMR's Algorithm 1 line 1). Returns the last
     stage's ray.train.Result; the epochs of both reach MLflow as one series, and `callbacks`
     (Tune's report) see the second stage only."""
     once = dict(run_id=run_id, tracking_uri=tracking_uri, storage=storage, on_epoch=on_epoch,
                 cpus_per_worker=cpus_per_worker)
-    if cfg.regime.schedule != "offline":
+    offline = cfg.regime.schedule == "offline"  # an mmat key: `check` refuses it elsewhere
+    if not offline and not cfg.regime.warm_start:
         return fit_once(cfg, data, name=name, callbacks=callbacks, **once)
     from advorch.trainers.augment import settings
 
     name = name or f"{cfg.name}-{uuid.uuid4().hex[:8]}"
-    clean = cfg.model_copy(update={"regime": RegimeConfig()})  # both stages train on the plain loss
+    clean = cfg.model_copy(update={"regime": RegimeConfig()})
     first = fit_once(clean, data, name=f"{name}-stage1", **once)
     if first.error:
         raise first.error
-    initial = load_checkpoint_dir(first.checkpoint)["state"]["best_model"]
-    return fit_once(clean, data, name=f"{name}-stage2",
-                    callbacks=callbacks, extra={"initial": initial, "adversarial": settings(cfg.regime),
-                                                "step_offset": first.metrics["epoch"] + 1}, **once)
+    extra = {"initial": load_checkpoint_dir(first.checkpoint)["state"]["best_model"],
+             "step_offset": first.metrics["epoch"] + 1}
+    if offline:  # MMAT: both stages train on the plain loss, the second on train ∪ adversarial
+        return fit_once(clean, data, name=f"{name}-stage2", callbacks=callbacks,
+                        extra={**extra, "adversarial": settings(cfg.regime)}, **once)
+    return fit_once(cfg, data, name=f"{name}-stage2", callbacks=callbacks, extra=extra, **once)
 
 
 def fit_once(cfg: ExperimentConfig, data: str, *, run_id: str | None = None,

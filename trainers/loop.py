@@ -64,9 +64,12 @@ def build(cfg: ExperimentConfig, spec: DatasetSpec, init_weights: bool = True
 
 
 def make_optimizer(cfg: ExperimentConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """Adam; the fused kernel: the dense update of a large embedding costs 1.3 ms, not 7.5."""
-    return torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
-                            fused=True)
+    """Adam (the fused kernel: the dense update of a large embedding costs 1.3 ms, not 7.5), or
+    Adagrad (train.optimizer, the AMR paper's); weight_decay is the L2 regulariser β."""
+    t = cfg.train
+    if t.optimizer == "adagrad":
+        return torch.optim.Adagrad(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=True)
 
 
 @dataclass
@@ -116,7 +119,9 @@ def train_epoch(w: Worker, epoch: int) -> dict[str, float]:
     seed = cfg.train.seed * 100_003 + epoch * 101 + w.rank
     extra = (batches(w.unlabelled, cfg.train.batch_size, w.device, steps=w.steps, shuffle=True, seed=seed + 7)
              if w.unlabelled is not None else None)
-    for batch in batches(w.train, cfg.train.batch_size, w.device, steps=w.steps, shuffle=True, seed=seed):
+    for step, batch in enumerate(batches(w.train, cfg.train.batch_size, w.device, steps=w.steps, shuffle=True,
+                                         seed=seed)):
+        batch = w.task.prepare(batch, seed * 1_000_003 + step)
         if extra is not None:
             batch["unlabelled"] = {k: v for k, v in next(extra).items() if k != "label"}
         for k, v in train_step(w.model, w.task, w.regime, w.optimizer, batch, cfg.train.grad_clip,
@@ -173,17 +178,19 @@ def train_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: train on this rank's slice, validate, checkpoint and report each epoch.
 
     config: {"experiment": ExperimentConfig dump, "data": dataset URI, "progress": URI | None,
-             "tracking_uri": str | None, "run_id": str | None}; for offline MMAT's stage 2 also
-             "initial" (stage 1's best state dict), "adversarial" (epsilon, neighbours,
-             threshold) and "step_offset" (stage 1's epochs, for the MLflow steps)
+             "tracking_uri": str | None, "run_id": str | None}; for a second stage also
+             "initial" (stage 1's best state dict) and "step_offset" (stage 1's epochs, for the
+             MLflow steps), and for offline MMAT "adversarial" (epsilon, neighbours, threshold)
     """
     import ray.train
 
     cfg = ExperimentConfig.model_validate(config["experiment"])
     ctx = ray.train.get_context()
     w = setup_worker(cfg, config["data"], ctx.get_world_rank(), ctx.get_world_size(), dev.worker_device())
-    if config.get("initial"):  # offline MMAT stage 2: from stage 1's best weights, on train ∪ adversarial
+    if config.get("adversarial"):  # offline MMAT stage 2: from stage 1's best weights, on train ∪ adversarial
         start_augmented(w, config["initial"], config["adversarial"])
+    elif config.get("initial"):  # warm start: the regime from the clean stage's best weights
+        w.model.load_state_dict(config["initial"])
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # resumed after a failure: continue after the last reported epoch
         with checkpoint.as_directory() as d:

@@ -42,7 +42,7 @@ TERMS: dict[str, Any] = {
     "mmat": MultiModalAdversarialLoss,
 }
 ALIASES = {"at_vat": "attention_at+vat"}
-SHARED = {"name", "inputs"}  # read by the regime itself
+SHARED = {"name", "inputs", "warm_start"}  # read by the regime itself / the launcher
 
 
 def term_names(name: str) -> list[str]:
@@ -111,8 +111,9 @@ def check(cfg: ExperimentConfig, spec: Any | None = None) -> list[str]:
                         + (", or regime.filter = \"none\"" if r.filter != "none" else ""))
     if spec is not None:
         problems += model_problems(cfg.model, spec)
-        known = set(spec.inputs)
+        known = set(spec.inputs) | set(MODELS[cfg.model.name].perturbs)
         for k in r.inputs:
             if k not in known:
-                problems.append(f"regime.inputs names {k!r}; the dataset's inputs are {', '.join(known)}")
+                problems.append(f"regime.inputs names {k!r}; model {cfg.model.name!r} on this dataset "
+                                f"perturbs {', '.join(sorted(known))}")
     return problems

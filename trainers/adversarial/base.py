@@ -8,6 +8,9 @@ forward/backward pairs per step, not three). A term that differentiates through 
 graph (input-gradient regularisation) adds its loss to `pending`, and the clean loss and
 those terms are backpropagated once, together, at the end of the step.
 
+A model may have `regulariser(batch) → scalar | None` (the recommenders' L2 β, AMR eq. 10): it is added
+once per step, outside every term, so no adversarial loss repeats it (AMR §3.2).
+
 Each term declares what it needs from the model and the pass:
     attention        the model returns attention (LSTM-Attention)
     graph            the clean graph is kept for a term's loss (clean backward deferred)
@@ -155,4 +158,10 @@ class Regime:
             logs.update(values)
         if cp.pending:
             sum(cp.pending).backward()
+        regulariser = getattr(model, "regulariser", None)
+        penalty = regulariser(batch) if regulariser is not None else None
+        if penalty is not None:  # the model's own penalty on its parameters, never perturbed
+            penalty.backward()
+            total = total + penalty.detach()
+            logs["penalty"] = penalty.detach()
         return {"loss": total, **logs, "scores": cp.out.scores.detach()}

@@ -5,6 +5,8 @@
     image_cnn              image_cnn.py (two conv blocks + global average pooling), pixels
     visual_cnn, text_cnn   crisis.py (Chen et al. §III-A), pixels / tokens
     mmn                    crisis.py, the multi-modal network: pixels and tokens (both)
+    mf_bpr, vbpr           recommenders.py (AMR eq. 1, 5): a user's items; vbpr also reads the
+                           items' content features (side file item_features.npy)
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from advorch.trainers.models.base import Batch, Inputs, Output, Perturbable, Per
 from advorch.trainers.models.crisis import MMN, TextCNN, VisualCNN
 from advorch.trainers.models.image_cnn import ImageCNN
 from advorch.trainers.models.lstm_attention import LSTMAttention
+from advorch.trainers.models.recommenders import MFBPR, VBPR, Popularity
 
 __all__ = ["Batch", "Inputs", "Output", "Perturbable", "PerturbableModel", "LSTMAttention", "ImageCNN",
-           "VisualCNN", "TextCNN", "MMN", "MODELS", "build_model", "model_problems"]
+           "VisualCNN", "TextCNN", "MMN", "MFBPR", "VBPR", "Popularity", "MODELS", "build_model",
+           "model_problems", "item_features"]
 
 
 def _lstm(cfg: ModelConfig, spec: DatasetSpec, init_weights: bool) -> nn.Module:
@@ -75,15 +79,52 @@ def _crisis(cfg: ModelConfig, spec: DatasetSpec, init_weights: bool) -> nn.Modul
     return model
 
 
+def _recommender(cfg: ModelConfig, spec: DatasetSpec, init_weights: bool) -> nn.Module:
+    """MF-BPR or VBPR of dimension K = model.embedding_dim (the AMR paper: 64)."""
+    from advorch.trainers.data import load_slice
+
+    info = spec.manifest["interactions"]
+    warm = torch.zeros(int(info["items"]), dtype=torch.bool)
+    warm[load_slice(spec, "train").labels] = True
+    if cfg.name == "mf_bpr":
+        return MFBPR(int(info["users"]), int(info["items"]), warm, cfg.embedding_dim, cfg.l2)
+    return VBPR(int(info["users"]), int(info["items"]), item_features(spec, cfg.feature_scale), warm,
+                cfg.embedding_dim, cfg.l2)
+
+
+def item_features(spec: DatasetSpec, scale: str = "standard") -> torch.Tensor:
+    """The items' content features (I, D) from the dataset's side files, scaled by model.feature_scale
+    over the items that have features; items without features get zeros."""
+    import io
+
+    import numpy as np
+
+    from advorch.pipelines.shards import read_side_file
+
+    def side(name: str) -> torch.Tensor:
+        return torch.from_numpy(np.load(io.BytesIO(read_side_file(spec.uri, name, spec.manifest))))
+
+    x = side("item_features.npy")
+    has = (side("item_feature_mask.npy") if "item_feature_mask.npy" in spec.side_files
+           else torch.ones(len(x), dtype=torch.bool))
+    x = x.float()
+    if scale == "standard":
+        x = (x - x[has].mean(0)) / x[has].std(0).clamp_min(1e-6)
+    elif scale == "l2":
+        x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return x * has[:, None]
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     """How to build a model, which dataset inputs it reads (one of them; all of them with
-    `all_inputs`), whether it has attention."""
+    `all_inputs`), whether it has attention, which inputs of its own it perturbs."""
 
     build: Callable[[ModelConfig, DatasetSpec, bool], nn.Module]
     reads: tuple[str, ...]
     attention: bool
     all_inputs: bool = False
+    perturbs: tuple[str, ...] = ()  # perturbable inputs of its own, beyond the dataset's (regime.inputs)
 
     def fits(self, inputs: Iterable[str]) -> bool:
         """Whether a dataset with these inputs has what the model reads."""
@@ -91,8 +132,10 @@ class ModelEntry:
         return set(self.reads) <= have if self.all_inputs else bool(set(self.reads) & have)
 
 
-SHAPES = {"tokens": "[length]", "features": "[steps, features]", "pixels": "[channels, height, width]"}
-RANKS = {name: shape.count(",") + 1 for name, shape in SHAPES.items()}
+SHAPES = {"tokens": "[length]", "features": "[steps, features]", "pixels": "[channels, height, width]",
+          "user": "[] (one index)"}
+RANKS = {name: shape.count(",") + 1 if shape.startswith("[") and shape[1] != "]" else 0
+         for name, shape in SHAPES.items()}
 
 MODELS: dict[str, ModelEntry] = {
     "lstm": ModelEntry(_lstm, ("tokens", "features"), attention=False),
@@ -101,6 +144,8 @@ MODELS: dict[str, ModelEntry] = {
     "visual_cnn": ModelEntry(_crisis, ("pixels",), attention=False),
     "text_cnn": ModelEntry(_crisis, ("tokens",), attention=False),
     "mmn": ModelEntry(_crisis, ("pixels", "tokens"), attention=False, all_inputs=True),
+    "mf_bpr": ModelEntry(_recommender, ("user",), attention=False, perturbs=("users", "items")),
+    "vbpr": ModelEntry(_recommender, ("user",), attention=False, perturbs=("features",)),
 }
 
 
@@ -113,6 +158,9 @@ def model_problems(cfg: ModelConfig, spec: DatasetSpec) -> list[str]:
         return [f"model.name = {cfg.name!r} reads {reads}, the dataset {spec.uri} has "
                 f"{', '.join(spec.inputs) or 'no inputs'}; use model.name = "
                 f"{' or '.join(repr(n) for n in suited) or '(none fits)'}"]
+    if cfg.name == "vbpr" and "item_features.npy" not in spec.side_files:
+        return [f"model.name = \"vbpr\" scores items by their content features; {spec.uri} has none: use "
+                "model.name = \"mf_bpr\", or rebuild it with data.interactions.features"]
     return [f"{spec.uri}: input {name!r} has shape {list(spec.inputs[name].shape)}, model.name = "
             f"{cfg.name!r} reads {name} as {RANKS[name]}-d {SHAPES[name]}: rebuild the dataset with "
             "`advorch preprocess`"

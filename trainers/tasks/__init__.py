@@ -1,6 +1,7 @@
 """Tasks, one module each (base.py: the Protocol): what is learned and how it is scored.
 
     classification   classification.py: cross-entropy, class weights, accuracy / AUC
+    ranking          ranking.py: BPR on sampled negatives, leave-one-out HR@N / NDCG@N
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ from advorch.config import ExperimentConfig
 from advorch.pipelines.spec import DatasetSpec
 from advorch.trainers.tasks.base import Perturb, Task
 from advorch.trainers.tasks.classification import Classification
+from advorch.trainers.tasks.ranking import Ranking
 
-__all__ = ["Task", "Perturb", "Classification", "build_task", "task_problems"]
+__all__ = ["Task", "Perturb", "Classification", "Ranking", "build_task", "task_problems"]
 
-TASKS = {"classification": Classification}
+TASKS = {"classification": Classification, "ranking": Ranking}
 
 
 def task_problems(cfg: ExperimentConfig, spec: DatasetSpec) -> list[str]:
@@ -30,4 +32,6 @@ def build_task(cfg: ExperimentConfig, spec: DatasetSpec) -> Task:
     """
     if spec.task not in TASKS:
         raise ValueError(task_problems(cfg, spec)[0])
-    return TASKS[spec.task].from_spec(spec, cfg.train.class_weights)
+    if spec.task == "ranking":
+        return Ranking.build(cfg.train, spec)
+    return Classification.from_spec(spec, cfg.train.class_weights)

@@ -3,8 +3,9 @@
 A task gives the loss (with its reduction), the divergence VAT uses, the train metrics of a
 batch, the evaluation of a model on a split (optionally under a perturbation, for the
 robustness evaluation) and the serving wrapper that is logged and registered. Nothing
-outside a task module calls a loss by name. `classification` is built; `ranking` (BPR on
-sampled negatives, leave-one-out HR/NDCG) fills the same Protocol.
+outside a task module calls a loss by name: `classification` and `ranking` (BPR on sampled
+negatives, leave-one-out HR/NDCG). `prepare` completes a train batch before the step (the
+ranking task draws its negatives there).
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ Perturb = Callable[[Batch], Inputs]
 
 class Task(Protocol):
     name: str
+
+    def prepare(self, batch: Batch, seed: int) -> Batch:
+        """The train batch completed for the step (e.g. with sampled negatives); seeded."""
+        ...
 
     def loss(self, out: Output, batch: Batch, reduction: str = "mean") -> Tensor:
         """The training loss of a forward (reduction "none": one value per sample, (B,))."""

@@ -31,6 +31,9 @@ class Classification:
             self.class_weight = self.class_weight.to(device)
         return self
 
+    def prepare(self, batch: Batch, seed: int) -> Batch:
+        return batch  # a row is complete as stored
+
     def loss(self, out: Output, batch: Batch, reduction: str = "mean") -> Tensor:
         """Cross-entropy (eq. 10); class-weighted: Σ w_y ℓ / Σ w_y ("mean"), w_y ℓ ("none")."""
         return F.cross_entropy(out.scores, batch["label"], weight=self.class_weight, reduction=reduction)
@@ -60,6 +63,9 @@ class Classification:
         split the run reads, fewer than two classes, a class absent from train, AUC without
         exactly two classes or without both of them in val. Each names the counts and the fix."""
         out = []
+        if metric in ("val_hr_10", "val_ndcg_10"):
+            out.append(f"train.metric = \"{metric}\" scores a ranking; {spec.uri} is a classification: use "
+                       "\"val_accuracy\", \"val_auc\" or \"val_loss\"")
         rebuild = "rebuild the dataset with `advorch preprocess`"
         for split, key in (("train", "data.test_fraction"), ("val", "data.val_fraction"),
                            ("test", "data.test_fraction")):
