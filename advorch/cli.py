@@ -463,15 +463,24 @@ def registry_promote(name: str, version: int,
 @registry_app.command("predict")
 def registry_predict(model: Annotated[str, typer.Argument(help="NAME@ALIAS or models:/NAME@ALIAS.")],
                      source: Annotated[str, typer.Argument(
-                         help="Shard folder, or a text file of sentences.")],
+                         help="Shard folder, or a text file of sentences (of user ids, for a recommender).")],
                      split: Annotated[str, typer.Option(help="Split, for a shard folder.")] = "test",
                      limit: Annotated[int | None, typer.Option(help="At most this many rows.")] = None,
+                     top: Annotated[int, typer.Option(help="Recommenders: items per user.", min=1,
+                                                      max=20)] = 10,
                      mlflow_uri: MlflowOpt = None) -> None:
-    """Load a model by alias and print label and class probabilities per input."""
-    from advorch.tuning.registry import predict
+    """Load a model by alias and print label and class probabilities per input; for a recommender
+    (source: a file of user ids, or a ranking dataset) each user's top items, best first."""
+    from advorch.tuning.registry import predict, recommend, task_of
 
+    uri = _registry_uri(mlflow_uri)
     try:
-        preds = predict(_registry_uri(mlflow_uri), model, source, split, limit)
+        if task_of(uri, model) == "ranking":
+            for r in recommend(uri, model, source, split, limit, top):
+                line = f"{escape(r.user)}\t{' '.join(map(escape, r.items))}"
+                out.print(line, soft_wrap=True, highlight=False)
+            return
+        preds = predict(uri, model, source, split, limit)
     except (LookupError, FileNotFoundError) as e:
         fail(str(e), code=1)
     for p in preds:

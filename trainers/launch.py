@@ -286,9 +286,10 @@ def finish(cfg: ExperimentConfig, data: str, manifest: dict[str, Any], result: A
         tracking.log_metrics(uri, run_id, metrics)
         tracking.log_dict(uri, run_id, cfg.model_dump(), "config.json")
         tracking.log_dict(uri, run_id, manifest, "dataset/manifest.json")
-        if "vocab.json" in manifest.get("side_files", {}):
-            tracking.log_text(uri, run_id, read_side_file(data, "vocab.json", manifest).decode(),
-                              "dataset/vocab.json")
+        for side in ("vocab.json", "users.json", "items.json"):  # what turns ids into inputs and back
+            if side in manifest.get("side_files", {}):
+                text = read_side_file(data, side, manifest).decode()
+                tracking.log_text(uri, run_id, text, f"dataset/{side}")
         if cfg.mlflow.log_model:
             layout = test.serving_layout()  # several inputs: served packed in one array
             model_uri = tracking.log_model(uri, run_id, task.serving(model.eval(), layout),

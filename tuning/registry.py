@@ -1,8 +1,8 @@
 """MLflow model registry: register a run's model, list, set aliases, predict by alias.
 
-A registered advorch model is the logged serving module of its task (the model's input →
-class probabilities);
-its run's artifacts hold the vocabulary and config needed to turn text into ids.
+A registered advorch model is the logged serving module of its task (a classifier: the model's
+input → class probabilities; a recommender: user indices → its best items); its run's artifacts
+hold the vocabulary, users and items, and the config needed to turn inputs into ids and back.
 """
 
 from __future__ import annotations
@@ -43,6 +43,61 @@ class Prediction:
     probabilities: list[float]
 
 
+@dataclass
+class Recommendation:
+    user: str
+    items: list[str]
+
+
+def recommend(uri: str, model_ref: str, source: str, split: str = "test", limit: int | None = None,
+              top: int = 10) -> list[Recommendation]:
+    """The `top` items (raw ids, best first) a registered recommender gives each user of a text file
+    of user ids (one per line) or of a ranking dataset's split; items a user has train pairs with
+    are left out. Users the model was not trained on are refused, named."""
+    import torch
+
+    from advorch.pipelines.shards import read_manifest
+
+    run_id, model = _load(uri, model_ref)
+    users = tracking.load_artifact_dict(uri, run_id, "dataset/users.json")
+    items = tracking.load_artifact_dict(uri, run_id, "dataset/items.json")
+    index = {u: i for i, u in enumerate(users)}
+    if read_manifest(source) is not None:
+        from advorch.pipelines.spec import read_spec
+        from advorch.trainers.data import load_slice
+
+        ids = load_slice(read_spec(source), split).inputs["user"].unique().tolist()
+        asked = [users[i] for i in ids]
+    else:
+        with fsspec.open(source, "r", encoding="utf-8") as f:
+            asked = [line.strip() for line in f.read().splitlines() if line.strip()]
+        unknown = [u for u in asked if u not in index]
+        if unknown:
+            raise LookupError(f"{source}: {len(unknown)} user(s) the model was not trained on, e.g. "
+                              f"{', '.join(unknown[:3])}; give ids from the training data's users")
+    asked = asked[:limit] if limit else asked
+    with torch.no_grad():
+        best = model(torch.tensor([index[u] for u in asked], dtype=torch.long))[:, :top]
+    return [Recommendation(u, [items[int(i)] for i in row]) for u, row in zip(asked, best, strict=True)]
+
+
+def _load(uri: str, model_ref: str) -> tuple[str, Any]:
+    """(run id, loaded serving model) of `models:/NAME@ALIAS` or NAME@ALIAS."""
+    ref = model_ref if model_ref.startswith("models:/") else f"models:/{model_ref}"
+    name, _, alias = ref.removeprefix("models:/").partition("@")
+    if not alias:
+        raise LookupError(f"{model_ref}: name a version by alias, e.g. {name}@candidate")
+    return tracking.version_run_id(uri, name, alias), tracking.load_model(uri, ref).eval()
+
+
+def task_of(uri: str, model_ref: str) -> str:
+    """The task ("classification", "ranking") of a registered model's training data."""
+    ref = model_ref.removeprefix("models:/")
+    name, _, alias = ref.partition("@")
+    run_id = tracking.version_run_id(uri, name, alias or "champion")
+    return tracking.load_artifact_dict(uri, run_id, "dataset/manifest.json").get("task", "classification")
+
+
 def predict(uri: str, model_ref: str, source: str, split: str = "test", limit: int | None = None
             ) -> list[Prediction]:
     """Predict with `models:/NAME@ALIAS` (or NAME@ALIAS) on a shard folder's split or a text
@@ -55,12 +110,7 @@ def predict(uri: str, model_ref: str, source: str, split: str = "test", limit: i
     from advorch.pipelines.text import OOV, tokenize
     from advorch.trainers.data import load_slice
 
-    ref = model_ref if model_ref.startswith("models:/") else f"models:/{model_ref}"
-    name, _, alias = ref.removeprefix("models:/").partition("@")
-    if not alias:
-        raise LookupError(f"{model_ref}: name a version by alias, e.g. {name}@candidate")
-    run_id = tracking.version_run_id(uri, name, alias)
-    model = tracking.load_model(uri, ref).eval()
+    run_id, model = _load(uri, model_ref)
     cfg = ExperimentConfig.model_validate(tracking.load_artifact_dict(uri, run_id, "config.json"))
     classes = tracking.load_artifact_dict(uri, run_id, "dataset/manifest.json")["classes"]
     if read_manifest(source) is not None:  # a shard folder or URI

@@ -172,8 +172,26 @@ def test_amr_trains_on_ray_warm_started_from_vbpr_and_serves_top_items(sci, tmp_
     model = tracking.load_model(uri, run.data.tags["advorch.model_uri"])
     users = torch.arange(5)
     top = model(users)
-    assert top.shape == (5, 10)
+    assert top.shape == (5, 20)  # the largest cutoff; `registry predict --top` takes fewer
     spec = read_spec(data)
     task = build(ExperimentConfig.model_validate(json.loads(
         mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/config.json"))), spec)[1]  # URI set above
     assert not task.train.contains(users[:, None], top).any()
+
+    # the registry: `advorch registry predict NAME@ALIAS users.txt` → each user's top items (raw ids)
+    from advorch.tuning.registry import register
+
+    register(uri, run.info.run_id, "sci-amr")
+    raw_users = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/dataset/users.json"))
+    raw_items = set(json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/dataset/items.json")))
+    (tmp_path / "users.txt").write_text("\n".join(raw_users[:3]) + "\n")
+    proc = run_cli("registry", "predict", "sci-amr@candidate", str(tmp_path / "users.txt"), "--top", "5",
+                   "--mlflow-uri", uri, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line.split() for line in proc.stdout.strip().splitlines()]  # user, then its items
+    assert [u for u, *_ in lines] == raw_users[:3]
+    assert all(len(items) == 5 and set(items) <= raw_items for _, *items in lines)
+    (tmp_path / "strangers.txt").write_text("NOT-A-USER\n")
+    proc = run_cli("registry", "predict", "sci-amr@candidate", str(tmp_path / "strangers.txt"),
+                   "--mlflow-uri", uri, cwd=tmp_path)
+    assert proc.returncode == 1 and "NOT-A-USER" in proc.stderr + proc.stdout

@@ -200,7 +200,7 @@ class TopItems(nn.Module):
     """The logged recommender: user indices (B,) → the indices of its N best items (B, N) by score,
     leaving out the items the user already has train pairs with."""
 
-    def __init__(self, model: nn.Module, train: Pairs, num_items: int, n: int = 10) -> None:
+    def __init__(self, model: nn.Module, train: Pairs, num_items: int, n: int = 20) -> None:
         super().__init__()
         self.model, self.seen, self.num_items, self.n = model, train, num_items, n
 
