@@ -276,7 +276,8 @@ def evaluate(run_id: Annotated[str, typer.Argument(help="MLflow run id of a trai
              attack: Annotated[str, typer.Option(
                  help="Attacks, comma-separated: at, fgsm, pgd, pgd_linf; word_replace, fgsm_words "
                       "(tweets: words by eq. 2 with the run's regime.neighbours / threshold, images "
-                      "by FGSM).")] = "at,pgd",
+                      "by FGSM). A recommender's item features get AMR Table 3's adversarial and random "
+                      "perturbations, whatever is named here.")] = "at,pgd",
              eps: Annotated[str, typer.Option(help="Radii, comma-separated (L2; L∞ for fgsm, pgd_linf).")
                             ] = "0.5,1,2",
              steps: Annotated[int, typer.Option(help="PGD steps.")] = 10,
@@ -299,11 +300,13 @@ def evaluate(run_id: Annotated[str, typer.Argument(help="MLflow run id of a trai
     except (LookupError, ValueError) as e:
         fail(str(e), code=1)
     table = Table(title=f"robustness of run {run_id} (test split)")
-    for col in ("source", "attack", "epsilon", "accuracy", "auc"):
+    ranking = bool(rows) and "ndcg_10" in rows[0]  # AMR Table 3: item-feature perturbations
+    metrics = ("hr_10", "ndcg_10", "ndcg_10_drop") if ranking else ("accuracy", "auc")
+    for col in ("source", "attack", "epsilon", *metrics):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(r["source"][:12], r["attack"], f"{r['epsilon']:g}", f"{r['accuracy']:.4f}",
-                      f"{r['auc']:.4f}" if "auc" in r else "-")
+        table.add_row(r["source"][:12], r["attack"], f"{r['epsilon']:g}",
+                      *(f"{r[k]:.4f}" if k in r else "-" for k in metrics))
     out.print(table)
 
 

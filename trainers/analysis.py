@@ -60,6 +60,8 @@ def evaluate_run(run_id: str, attacks: list[str], epsilons: list[float], mlflow_
 
     run = load_run(run_id, mlflow_uri)
     data = load_slice(run.spec, split, 0, 1, run.cfg.model.max_length)
+    if run.spec.task == "ranking":
+        return _ranking_robustness(run, data, epsilons)
     sources = [("white-box", None)] + [(s, load_run(s, mlflow_uri).model) for s in transfer_from or []]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,6 +78,29 @@ def evaluate_run(run_id: str, attacks: list[str], epsilons: list[float], mlflow_
             tracking.log_file(run.uri, run_id, f"{tmp}/{name}.png", "robustness")
             rows += [{"source": label, **r} for r in part]
     tracking.log_dict(run.uri, run_id, rows, "robustness/robustness.json")
+    return rows
+
+
+def _ranking_robustness(run: Run, data: Any, epsilons: list[float]) -> list[dict[str, Any]]:
+    """AMR Table 3 for a run: NDCG@10 / HR@10 and the relative NDCG@10 drop under adversarial and
+    random item-feature perturbations of each ε, logged to the run."""
+    from advorch import tracking
+    from advorch.trainers.data import load_slice
+    from advorch.trainers.robustness import plot
+    from advorch.trainers.tasks.ranking import feature_robustness
+
+    if "features" not in run.model.perturbable:
+        raise ValueError(f"run {run.run_id}: {run.cfg.model.name} has no item content features to perturb; "
+                         "ranking robustness (AMR Table 3) needs model.name = \"vbpr\"")
+    rows = feature_robustness(run.model, run.task, load_slice(run.spec, "train"), data, tuple(epsilons))
+    tracking.log_metrics(run.uri, run.run_id, {
+        f"robust_{r['attack']}_eps{r['epsilon']:g}_{k}": r[k]
+        for r in rows if r["attack"] != "clean" for k in ("ndcg_10", "hr_10", "ndcg_10_drop")})
+    with tempfile.TemporaryDirectory() as tmp:
+        plot(rows, f"{tmp}/robustness.png", metric="ndcg_10", xlabel="ε (per item, unit-length features)")
+        tracking.log_file(run.uri, run.run_id, f"{tmp}/robustness.png", "robustness")
+    rows = [{"source": "white-box", **r} for r in rows]
+    tracking.log_dict(run.uri, run.run_id, rows, "robustness/robustness.json")
     return rows
 
 

@@ -195,3 +195,10 @@ def test_amr_trains_on_ray_warm_started_from_vbpr_and_serves_top_items(sci, tmp_
     proc = run_cli("registry", "predict", "sci-amr@candidate", str(tmp_path / "strangers.txt"),
                    "--mlflow-uri", uri, cwd=tmp_path)
     assert proc.returncode == 1 and "NOT-A-USER" in proc.stderr + proc.stdout
+
+    # AMR Table 3 through `advorch evaluate`: NDCG@10 under adversarial and random feature noise
+    proc = run_cli("evaluate", run.info.run_id, "--eps", "0.1,0.2", "--mlflow-uri", uri, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ndcg_10_drop" in proc.stdout and "random" in proc.stdout
+    logged = client.get_run(run.info.run_id).data.metrics
+    assert {"robust_at_eps0.1_ndcg_10_drop", "robust_random_eps0.2_ndcg_10"} <= set(logged)
