@@ -122,7 +122,7 @@ def evaluate(model, users: np.ndarray, items: np.ndarray, cands: np.ndarray, pre
              warm: np.ndarray) -> dict[str, float]:
     """HR / NDCG of the held-out items against their sampled negatives, from model.score(u)."""
     ranks = np.empty(len(users), np.int64)
-    for row, (u, i) in enumerate(zip(users, items)):
+    for row, (u, i) in enumerate(zip(users, items, strict=True)):
         s = np.asarray(model.score(int(u)), dtype=np.float64)  # all items, Cornac index = ours
         ranks[row] = int((s[cands[row]] >= s[i]).sum())
     out = metrics(ranks, prefix)
@@ -174,7 +174,7 @@ def train_set(data: dict, seed: int, normalized: bool):
     users, items = data["splits"]["train"]
     uid_map = OrderedDict((u, u) for u in range(data["num_users"]))
     iid_map = OrderedDict((i, i) for i in range(data["num_items"]))
-    uir = [(int(u), int(i), 1.0) for u, i in zip(users, items)]
+    uir = [(int(u), int(i), 1.0) for u, i in zip(users, items, strict=True)]
     ds = cornac.data.Dataset.build(uir, fmt="UIR", global_uid_map=uid_map, global_iid_map=iid_map,
                                    seed=seed)
     assert ds.num_items == data["num_items"] and ds.num_users == data["num_users"]

@@ -202,3 +202,17 @@ def test_amr_trains_on_ray_warm_started_from_vbpr_and_serves_top_items(sci, tmp_
     assert "ndcg_10_drop" in proc.stdout and "random" in proc.stdout
     logged = client.get_run(run.info.run_id).data.metrics
     assert {"robust_at_eps0.1_ndcg_10_drop", "robust_random_eps0.2_ndcg_10"} <= set(logged)
+
+
+def test_the_amr_sweep_config_checks_against_the_dataset(sci, tmp_path):
+    """configs/amazon_scientific_sweep.toml (Fig. 6-7: ε × λ) passes `advorch tune`'s checks, and a
+    classification metric on a ranking dataset is refused, naming the ranking metrics."""
+    from advorch.config import ConfigError
+    from advorch.trainers.launch import check_experiment
+
+    config = repo_config("amazon_scientific_sweep", tmp_path)
+    cfg = load_config(config, [f'data.output="{sci[1]}"'])
+    check_experiment(cfg, sci[1])
+    assert set(cfg.tune.space) == {"regime.epsilon", "regime.lam"}
+    with pytest.raises(ConfigError, match='"val_ndcg_10" or "val_hr_10"'):
+        check_experiment(load_config(config, ['train.metric="val_accuracy"']), sci[1])

@@ -13,7 +13,7 @@ def test_advorch_train_runs_and_records_an_mlflow_run(mr_shards, tmp_path):
     from mlflow.tracking import MlflowClient
 
     cfg = mr_config(tmp_path / "mr.toml", mr_shards,
-                    model={"hidden_dim": 16, "embedding_dim": 16},
+                    model={"hidden_dim": 16, "embedding_dim": 16, "max_length": 24},
                     regime={"name": "at", "epsilon": 2.0},
                     train={"epochs": 1, "batch_size": 128, "storage": str(tmp_path / "runs")},
                     mlflow={"experiment": "cli"})

@@ -11,8 +11,9 @@ pytestmark = pytest.mark.ray
 
 def _cfg(tmp_path: Path, *extra: str):
     return load_config(None, [
-        'name="t"', 'model.hidden_dim=16', 'model.embedding_dim=16', 'train.batch_size=64',
-        'train.workers=2', f'train.storage="{tmp_path / "runs"}"', 'train.patience=50', *extra])
+        'name="t"', 'model.hidden_dim=16', 'model.embedding_dim=16', 'model.max_length=24',
+        'train.batch_size=64', 'train.workers=2', f'train.storage="{tmp_path / "runs"}"', 'train.patience=50',
+        *extra])
 
 
 def test_training_is_tracked_in_mlflow_with_the_model(ray_local, mr_shards, tmp_path):
