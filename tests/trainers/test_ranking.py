@@ -216,3 +216,18 @@ def test_the_amr_sweep_config_checks_against_the_dataset(sci, tmp_path):
     assert set(cfg.tune.space) == {"regime.epsilon", "regime.lam"}
     with pytest.raises(ConfigError, match='"val_ndcg_10" or "val_hr_10"'):
         check_experiment(load_config(config, ['train.metric="val_accuracy"']), sci[1])
+
+
+def test_full_ranking_is_harder_than_999_sampled_negatives(sci):
+    """train.eval_negatives = 0 ranks the held-out item among all items but the user's other
+    positives: ranks span the catalogue and every cutoff's hit rate is below the sampled protocol's."""
+    w = setup_worker(cfg_for(sci, 'model.name="mf_bpr"', "train.lr=0.01"), sci[1])
+    for epoch in range(2):
+        train_epoch(w, epoch)
+    test = load_slice(read_spec(sci[1]), "test")
+    sampled = w.task.evaluate(w.model, test, 1024, w.device)
+    w.task.negatives = 0
+    ranks = w.task.ranks(w.model, test, 1024, w.device)
+    full = w.task.evaluate(w.model, test, 1024, w.device)
+    assert 0 <= int(ranks.min()) and int(ranks.max()) < w.task.num_items and int(ranks.max()) > 999
+    assert all(full[f"hr_{n}"] < sampled[f"hr_{n}"] for n in (5, 10, 20)) and full["hr_10"] > 0
