@@ -15,7 +15,9 @@ text columns of Table I), from configs/crisismmd.toml with the event's file; Med
 Training is in-process (benchmarks/inprocess.py: the loop Ray Train runs, one worker).
 
     .venv/bin/python benchmarks/table1_crisis.py --source crisismmd --seeds 5
-    .venv/bin/python benchmarks/table1_crisis.py --source mediaeval --seeds 1 --set train.epochs=10
+    .venv/bin/python benchmarks/table1_crisis.py --source mediaeval --seeds 1 --set train.epochs=6
+    .venv/bin/python benchmarks/table1_crisis.py --source mediaeval --first-seed 1 --seeds 2 \
+        --models mmn,mmat_online --name table1_mediaeval_mmat --set train.epochs=6
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", choices=["crisismmd", "mediaeval"], default="crisismmd")
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed … first-seed + seeds - 1")
     ap.add_argument("--models", default=None, help="comma-separated keys (default: all the data has)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--name", default=None, help="results name (default: table1_<source>)")
@@ -113,7 +116,7 @@ def main() -> None:
         sources = datasets(args.source, tmp, args.extra)
         got: dict[tuple[str, str], dict[str, list[float]]] = {}
         # seeds outermost: a run cut short still has every column, with fewer seeds
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             for title, config, data, keys in sources:
                 for key in (args.models.split(",") if args.models else keys):
                     col, model, schedule = columns[key]
@@ -126,7 +129,7 @@ def main() -> None:
                     cell["adversarial"].append(100 * adv_acc)
                     print(f"{title} {col} seed {seed}: original {100 * orig:.2f}, adversarial "
                           f"{100 * adv_acc:.2f} ({secs:.0f}s)", flush=True)
-            write(args, got, seed + 1, time.perf_counter() - t0)
+            write(args, got, seed + 1 - args.first_seed, time.perf_counter() - t0)
 
 
 def write(args: argparse.Namespace, got: dict[tuple[str, str], dict[str, list[float]]], seeds: int,
