@@ -10,7 +10,8 @@ offline: MF-BPR / APR only). Settings (SETTINGS) were chosen on the validation s
 in-process (benchmarks/inprocess.py: the loop Ray Train runs, one worker).
 
     .venv/bin/python benchmarks/recsys_amr.py --seeds 5
-    .venv/bin/python benchmarks/recsys_amr.py --seeds 1 --sources image --no-cornac
+    .venv/bin/python benchmarks/recsys_amr.py --seeds 3 --sources pinterest,text --no-cornac \
+        --name recsys_amr_more
 """
 
 from __future__ import annotations
@@ -146,6 +147,7 @@ def main() -> None:
     ap.add_argument("--sources", default="image,text,pinterest")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-cornac", action="store_true")
+    ap.add_argument("--name", default="recsys_amr", help="results name")
     ap.add_argument("--set", dest="extra", action="append", default=[], help="config overrides")
     args = ap.parse_args()
 
@@ -205,7 +207,7 @@ def write(args: argparse.Namespace, got: dict, cornac_rows: list[dict], seconds:
         f"- {args.seeds} seed(s), mean ± std; settings: {json.dumps(SETTINGS)}; common: {COMMON}; "
         f"overrides {args.extra or 'none'}; wall time {seconds:.0f} s."])
     print(notes, flush=True)
-    report.write("recsys_amr", rows, notes)
+    report.write(args.name, rows, notes)
 
 
 if __name__ == "__main__":
