@@ -158,7 +158,7 @@ def test_amr_trains_on_ray_warm_started_from_vbpr_and_serves_top_items(sci, tmp_
     args = ["train", str(config), "--set", f'data.output="{data}"', "--set", "train.epochs=2",
             "--set", 'regime.name="at"', "--set", 'regime.inputs=["features"]', "--set", "regime.epsilon=0.5",
             "--set", "regime.warm_start=true", "--set", "train.workers=2",
-            "--set", f'mlflow.tracking_uri="{uri}"', "--set", f'train.storage="{tmp_path}/runs"']
+            "--mlflow-uri", uri, "--set", f'train.storage="{tmp_path}/runs"']  # not MLFLOW_TRACKING_URI
     proc = run_cli(*args, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = mlflow.tracking.MlflowClient(uri)
