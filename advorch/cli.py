@@ -28,6 +28,8 @@ app.add_typer(registry_app, name="registry")
 jobs_app = typer.Typer(help="Jobs on a Ray cluster (Ray Jobs API): list, status, logs, stop.",
                        no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
+analyze_app = typer.Typer(help="Analyses of a trained run, logged back to it.", no_args_is_help=True)
+app.add_typer(analyze_app, name="analyze")
 out = Console()
 err = Console(stderr=True)
 
@@ -358,6 +360,60 @@ def explain(run_id: Annotated[str, typer.Argument(help="MLflow run id of a train
               soft_wrap=True)
     if not changed:
         out.print("No token changed at this radius: try a larger --eps.")
+
+
+@analyze_app.command("pse")
+def analyze_pse(run_id: Annotated[str, typer.Argument(help="MLflow run id of a classifier's training run.")],
+                attack: Annotated[str, typer.Option(
+                    help="Attacks, comma-separated: fgsm, pgd_linf (L∞), at, pgd (L2), word_replace.")
+                                  ] = "fgsm,pgd_linf",
+                eps: Annotated[str, typer.Option(help="Radii, comma-separated.")] = "0.05,0.1",
+                targeted: Annotated[bool, typer.Option(
+                    help="Aim each attack at a seeded random class ≠ the true one (default: untargeted, "
+                         "the target is the class the attack reaches).")] = False,
+                n: Annotated[int, typer.Option(help="How many examples of the split.")] = 1000,
+                steps: Annotated[int, typer.Option(help="PGD steps.")] = 10,
+                mask: Annotated[str, typer.Option(
+                    help="Fractions of units to mask, comma-separated (masking experiment).")
+                                ] = "0.01,0.05,0.1",
+                low: Annotated[float, typer.Option(help="Promotion-dominated at share s <= low.")] = 1 / 3,
+                high: Annotated[float, typer.Option(help="Suppression-dominated at share s >= high.")
+                                ] = 2 / 3,
+                mlflow_uri: MlflowOpt = None) -> None:
+    """Promotion vs suppression (Xu et al. 2019): how each attack moves the penultimate units'
+    contributions to the true and the target class, per example and unit; CAMs of clean vs
+    adversarial images; masking the most attack-sensitive units. Logged to the run under pse/."""
+    from advorch.trainers.analysis import pse_run
+    from advorch.trainers.pse import TYPES
+
+    try:
+        epsilons = [float(x) for x in eps.split(",") if x.strip()]
+        fractions = tuple(float(x) for x in mask.split(",") if x.strip())
+    except ValueError:
+        fail(f"--eps {eps!r} / --mask {mask!r}: give numbers separated by commas, e.g. 0.05,0.1")
+    attacks = [a.strip() for a in attack.split(",") if a.strip()]
+    try:
+        res = pse_run(run_id, attacks, epsilons, mlflow_uri, targeted=targeted, n=n, steps=steps,
+                      fractions=fractions, low=low, high=high)
+    except (LookupError, ValueError) as e:
+        fail(str(e), code=1)
+    table = Table(title=f"promotion / suppression, run {run_id} (successful adversarial examples)")
+    for col in ("attack", "ε", "n", "success", *TYPES, "mean s"):
+        table.add_column(col, justify="right")
+    for s in res.summaries:
+        table.add_row(s["attack"], f"{s['epsilon']:g}", str(int(s["n"])), f"{s['success']:.3f}",
+                      *(f"{s[t]:.3f}" for t in TYPES), f"{s['mean_share']:.3f}")
+    out.print(table)
+    masks = Table(title=f"masking the most attack-sensitive units ({res.mask_attack[0]} "
+                        f"ε = {res.mask_attack[1]:g}, re-attacked)")
+    for col in ("units", "% masked", "clean accuracy", "adversarial accuracy"):
+        masks.add_column(col, justify="right")
+    for m in res.masking:
+        masks.add_row(m["units"], f"{100 * m['fraction']:g}", f"{m['clean_accuracy']:.4f}",
+                      f"{m['adv_accuracy']:.4f}")
+    out.print(masks)
+    out.print("logged to the run under pse/: report.html, scatter.png, masking.png, cam.png or "
+              "attention.png, pse.json")
 
 
 @app.command()

@@ -193,3 +193,107 @@ def _series(run: Run, batch: dict, eps: float, tmp: str) -> list:
     items = explain_series(run.model, run.task, batch, eps, col, means)
     series_plot(items, run.spec.classes, eps, f"{tmp}/series.png")
     return items
+
+
+@dataclass
+class PSEResult:
+    """What `pse_run` measured: type shares per attack × ε, top units per class pair, masking."""
+
+    summaries: list[dict[str, Any]]
+    units: list[dict[str, Any]]
+    masking: list[dict[str, Any]]
+    mask_attack: tuple[str, float]
+
+
+def pse_run(run_id: str, attacks: list[str], epsilons: list[float], mlflow_uri: str | None = None,
+            targeted: bool = False, n: int = 1000, split: str = "test", steps: int = 10,
+            fractions: tuple[float, ...] = (0.01, 0.05, 0.1), low: float = 1 / 3, high: float = 2 / 3,
+            seed: int = 0) -> PSEResult:
+    """The promotion/suppression analysis (trainers/pse.py) of the first n rows of the split under each
+    attack × ε, logged to the run under pse/: report.html, the S-vs-P scatter, CAMs (images) or
+    attention (LSTM-Attention) clean vs adversarial, the masking experiment (units ranked by their
+    attack sensitivity on the val split, under the last attack at the largest ε), pse.json, metrics.
+
+    Raises:
+        ValueError: the run is not a classifier, or the thresholds are invalid.
+    """
+    import torch
+
+    from advorch import tracking
+    from advorch.trainers import pse, pse_report
+    from advorch.trainers.data import load_slice
+
+    run = load_run(run_id, mlflow_uri)
+    if run.spec.task != "classification":
+        raise ValueError(f"run {run_id} trains a {run.spec.task} model; PSE analyses classifiers")
+    pse.head(run.model)
+    pse.types(torch.zeros(0), low, high)  # refuse bad thresholds before any attack runs
+    data = _first(load_slice(run.spec, split, 0, 1, run.cfg.model.max_length), n)
+    targets = pse.random_targets(data.labels, run.spec.num_classes, seed) if targeted else None
+    found, summaries, units = [], [], []
+    for attack in attacks:
+        for eps in epsilons:
+            e = pse.measure(run.model, run.task, data, attack, eps, targets, steps, low=low, high=high)
+            found.append((attack, eps, e))
+            summaries.append({"attack": attack, "epsilon": eps, "targeted": targeted, **pse.summary(e)})
+            units += [{"attack": attack, "epsilon": eps, **u} for u in pse.top_units(e, run.spec.classes)]
+    mask_attack = (attacks[-1], max(epsilons))
+    val = _first(load_slice(run.spec, "val", 0, 1, run.cfg.model.max_length), n)
+    val_targets = pse.random_targets(val.labels, run.spec.num_classes, seed) if targeted else None
+    ranked = pse.sensitivity(pse.measure(run.model, run.task, val, *mask_attack, val_targets, steps))
+    mask = pse.masking(run.model, run.task, data, ranked, fractions, *mask_attack, steps=steps, seed=seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = ["scatter.png", "masking.png"]
+        pse_report.scatter(found, f"{tmp}/scatter.png")
+        pse_report.masking_figure(mask, *mask_attack, f"{tmp}/masking.png")
+        figures += _pse_examples(run, data, found[-1], targets, steps, tmp)
+        Path(tmp, "report.html").write_text(pse_report.report_html(
+            run_id, summaries, units, mask, figures, pse.__doc__ or ""))
+        Path(tmp, "pse.json").write_text(json.dumps(
+            {"summaries": summaries, "units": units, "masking": mask,
+             "sensitivity": ranked.tolist()}, indent=1))
+        for f in sorted(Path(tmp).iterdir()):
+            tracking.log_file(run.uri, run_id, str(f), "pse")
+    tracking.log_metrics(run.uri, run_id, {
+        f"pse_{s['attack']}_eps{s['epsilon']:g}_{k}": s[k]
+        for s in summaries for k in ("success", "suppression", "balanced", "promotion")})
+    return PSEResult(summaries, units, mask, mask_attack)
+
+
+def _first(data: Any, n: int) -> Any:
+    """The first n rows of a TensorData."""
+    from advorch.trainers.data import TensorData
+
+    return TensorData({k: v[:n] for k, v in data.inputs.items()}, data.labels[:n], data.ids[:n])
+
+
+def _pse_examples(run: Run, data: Any, found: tuple[str, float, Any], targets: Any, steps: int,
+                  tmp: str) -> list[str]:
+    """Up to 3 successful examples of one attack × ε (distinct true classes first): CAMs for image
+    models, attention clean vs adversarial for attention models; the names of the figures written."""
+    import torch
+
+    from advorch.pipelines.shards import read_side_file
+    from advorch.trainers import pse, pse_report
+    from advorch.trainers.data import make_batch
+
+    attack, eps, e = found
+    ok = e.success.nonzero().flatten().tolist()
+    first_of_class = {int(e.true[i]): i for i in reversed(ok)}
+    rows = torch.tensor(sorted(first_of_class.values())[:3], dtype=torch.long)
+    if not len(rows):
+        return []
+    batch = make_batch(data, rows, torch.device("cpu"))
+    target = targets[rows] if targets is not None else None
+    r = pse.perturb(run.model, run.task, batch, attack, eps, target, steps)
+    if "pixels" in batch:
+        pse_report.cam_figure(run.model, batch, r, e.true[rows], e.target[rows], e.s[rows], run.spec.classes,
+                              f"{tmp}/cam.png")
+        return ["cam.png"]
+    if "tokens" in batch and getattr(run.model, "attention", False):
+        vocab = json.loads(read_side_file(run.data, "vocab.json", run.spec.manifest))
+        words = [[vocab[int(t)] for t in seq[m]]
+                 for seq, m in zip(batch["tokens"], batch["mask"], strict=True)]
+        pse_report.attention_figure(run.model, batch, r, words, f"{tmp}/attention.png")
+        return ["attention.png"]
+    return []
