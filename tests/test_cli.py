@@ -26,7 +26,8 @@ def test_version() -> None:
 def test_help_lists_the_commands() -> None:
     result = run_cli("--help", timeout=60, env=WIDE)
     assert result.returncode == 0, result.stderr
-    for command in ("preprocess", "train", "tune", "submit", "jobs", "schedule", "history", "demo"):
+    for command in ("preprocess", "train", "tune", "submit", "jobs", "schedule", "history", "demo",
+                    "analyze"):
         assert command in result.stdout, f"{command!r} missing from --help:\n{result.stdout}"
 
 

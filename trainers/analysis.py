@@ -197,28 +197,62 @@ def _series(run: Run, batch: dict, eps: float, tmp: str) -> list:
 
 @dataclass
 class PSEResult:
-    """What `pse_run` measured: type shares per attack × ε, top units per class pair, masking."""
+    """What the PSE analysis measured: type shares per attack × ε, top units per class pair, unit
+    sensitivities, masking; `found` keeps every attack × ε's Effects for the figures."""
 
     summaries: list[dict[str, Any]]
     units: list[dict[str, Any]]
+    sensitivity: Any
     masking: list[dict[str, Any]]
     mask_attack: tuple[str, float]
+    found: list[tuple[str, float, Any]]
+
+
+def pse_analysis(model: Any, task: Any, data: Any, val: Any, classes: list[str], attacks: list[str],
+                 epsilons: list[float], targeted: bool = False, steps: int = 10,
+                 fractions: tuple[float, ...] = (0.01, 0.05, 0.1), low: float = 1 / 3, high: float = 2 / 3,
+                 seed: int = 0) -> PSEResult:
+    """The PSE (trainers/pse.py) of `data` under each attack × ε (targeted: seeded random targets), and
+    the masking experiment on `data`: units ranked by their attack sensitivity on `val`, under the
+    last attack at the largest ε, the masked model re-attacked.
+
+    Raises:
+        ValueError: the model has no linear head over pooled units, or the thresholds are invalid.
+    """
+    import torch
+
+    from advorch.trainers import pse
+
+    pse.head(model)
+    pse.types(torch.zeros(0), low, high)  # refuse bad thresholds before any attack runs
+
+    def targets(d: Any) -> Any:
+        return pse.random_targets(d.labels, len(classes), seed) if targeted else None
+
+    found, summaries, units = [], [], []
+    for attack in attacks:
+        for eps in epsilons:
+            e = pse.measure(model, task, data, attack, eps, targets(data), steps, low=low, high=high)
+            found.append((attack, eps, e))
+            summaries.append({"attack": attack, "epsilon": eps, "targeted": targeted, **pse.summary(e)})
+            units += [{"attack": attack, "epsilon": eps, **u} for u in pse.top_units(e, classes)]
+    mask_attack = (attacks[-1], max(epsilons))
+    ranked = pse.sensitivity(pse.measure(model, task, val, *mask_attack, targets(val), steps))
+    mask = pse.masking(model, task, data, ranked, fractions, *mask_attack, steps=steps, seed=seed)
+    return PSEResult(summaries, units, ranked, mask, mask_attack, found)
 
 
 def pse_run(run_id: str, attacks: list[str], epsilons: list[float], mlflow_uri: str | None = None,
             targeted: bool = False, n: int = 1000, split: str = "test", steps: int = 10,
             fractions: tuple[float, ...] = (0.01, 0.05, 0.1), low: float = 1 / 3, high: float = 2 / 3,
             seed: int = 0) -> PSEResult:
-    """The promotion/suppression analysis (trainers/pse.py) of the first n rows of the split under each
-    attack × ε, logged to the run under pse/: report.html, the S-vs-P scatter, CAMs (images) or
-    attention (LSTM-Attention) clean vs adversarial, the masking experiment (units ranked by their
-    attack sensitivity on the val split, under the last attack at the largest ε), pse.json, metrics.
+    """`pse_analysis` of the run's model on the first n rows of the split (units ranked on the first
+    n of val), logged to the run under pse/: report.html, the S-vs-P scatter, CAMs (images) or
+    attention (LSTM-Attention) clean vs adversarial, the masking figure, pse.json, and metrics.
 
     Raises:
         ValueError: the run is not a classifier, or the thresholds are invalid.
     """
-    import torch
-
     from advorch import tracking
     from advorch.trainers import pse, pse_report
     from advorch.trainers.data import load_slice
@@ -226,38 +260,26 @@ def pse_run(run_id: str, attacks: list[str], epsilons: list[float], mlflow_uri: 
     run = load_run(run_id, mlflow_uri)
     if run.spec.task != "classification":
         raise ValueError(f"run {run_id} trains a {run.spec.task} model; PSE analyses classifiers")
-    pse.head(run.model)
-    pse.types(torch.zeros(0), low, high)  # refuse bad thresholds before any attack runs
-    data = _first(load_slice(run.spec, split, 0, 1, run.cfg.model.max_length), n)
-    targets = pse.random_targets(data.labels, run.spec.num_classes, seed) if targeted else None
-    found, summaries, units = [], [], []
-    for attack in attacks:
-        for eps in epsilons:
-            e = pse.measure(run.model, run.task, data, attack, eps, targets, steps, low=low, high=high)
-            found.append((attack, eps, e))
-            summaries.append({"attack": attack, "epsilon": eps, "targeted": targeted, **pse.summary(e)})
-            units += [{"attack": attack, "epsilon": eps, **u} for u in pse.top_units(e, run.spec.classes)]
-    mask_attack = (attacks[-1], max(epsilons))
-    val = _first(load_slice(run.spec, "val", 0, 1, run.cfg.model.max_length), n)
-    val_targets = pse.random_targets(val.labels, run.spec.num_classes, seed) if targeted else None
-    ranked = pse.sensitivity(pse.measure(run.model, run.task, val, *mask_attack, val_targets, steps))
-    mask = pse.masking(run.model, run.task, data, ranked, fractions, *mask_attack, steps=steps, seed=seed)
+    data, val = (_first(load_slice(run.spec, s, 0, 1, run.cfg.model.max_length), n) for s in (split, "val"))
+    res = pse_analysis(run.model, run.task, data, val, run.spec.classes, attacks, epsilons, targeted, steps,
+                       fractions, low, high, seed)
     with tempfile.TemporaryDirectory() as tmp:
         figures = ["scatter.png", "masking.png"]
-        pse_report.scatter(found, f"{tmp}/scatter.png")
-        pse_report.masking_figure(mask, *mask_attack, f"{tmp}/masking.png")
-        figures += _pse_examples(run, data, found[-1], targets, steps, tmp)
+        pse_report.scatter(res.found, f"{tmp}/scatter.png")
+        pse_report.masking_figure(res.masking, *res.mask_attack, f"{tmp}/masking.png")
+        targets = pse.random_targets(data.labels, run.spec.num_classes, seed) if targeted else None
+        figures += _pse_examples(run, data, res.found[-1], targets, steps, tmp)
         Path(tmp, "report.html").write_text(pse_report.report_html(
-            run_id, summaries, units, mask, figures, pse.__doc__ or ""))
+            run_id, res.summaries, res.units, res.masking, figures, pse.__doc__ or ""))
         Path(tmp, "pse.json").write_text(json.dumps(
-            {"summaries": summaries, "units": units, "masking": mask,
-             "sensitivity": ranked.tolist()}, indent=1))
+            {"summaries": res.summaries, "units": res.units, "masking": res.masking,
+             "sensitivity": res.sensitivity.tolist()}, indent=1))
         for f in sorted(Path(tmp).iterdir()):
             tracking.log_file(run.uri, run_id, str(f), "pse")
     tracking.log_metrics(run.uri, run_id, {
         f"pse_{s['attack']}_eps{s['epsilon']:g}_{k}": s[k]
-        for s in summaries for k in ("success", "suppression", "balanced", "promotion")})
-    return PSEResult(summaries, units, mask, mask_attack)
+        for s in res.summaries for k in ("success", "suppression", "balanced", "promotion")})
+    return res
 
 
 def _first(data: Any, n: int) -> Any:

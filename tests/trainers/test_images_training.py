@@ -1,11 +1,13 @@
 """The second family end to end on Ray: real digits → image CNN under FGSM-AT + input-gradient
 regularisation, white-box and transferred FGSM evaluation, saliency maps, all in MLflow."""
 
+import os
 from pathlib import Path
 
 import pytest
 
 from advorch.config import load_config
+from tests.conftest import run_cli
 
 pytestmark = pytest.mark.ray
 
@@ -71,6 +73,19 @@ def test_image_cnn_trains_with_fgsm_and_input_gradient_and_is_evaluated_under_tr
     logged = {a.path for d in ("robustness", "explain") for a in client.list_artifacts(robust.run_id, d)}
     assert {"robustness/robustness.png", f"robustness/transfer-from-{clean.run_id}.png",
             "robustness/robustness.json", "explain/saliency.png"} <= logged
+
+    # `advorch analyze pse`, targeted: CAMs of clean vs adversarial digits, masking, the table printed
+    proc = run_cli("analyze", "pse", clean.run_id, "--attack", "fgsm", "--eps", "0.1,0.3", "--targeted",
+                   "--n", "300", "--mlflow-uri", uri, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "suppression" in proc.stdout and "most sensitive" in proc.stdout
+    metrics = client.get_run(clean.run_id).data.metrics
+    assert metrics["pse_fgsm_eps0.1_success"] < metrics["pse_fgsm_eps0.3_success"]
+    assert sum(metrics[f"pse_fgsm_eps0.3_{t}"] for t in ("suppression", "balanced", "promotion")) == \
+        pytest.approx(1.0, abs=1e-6)
+    report = tracking.load_artifact_dict(uri, clean.run_id, "pse/pse.json")
+    assert len(report["sensitivity"]) == 16  # the second conv block's channels, pooled
+    assert {"pse/cam.png", "pse/report.html"} <= {a.path for a in client.list_artifacts(clean.run_id, "pse")}
 
 
 def test_transfer_between_embedding_models_is_refused(mr_shards):

@@ -112,8 +112,8 @@ def test_masking_zeroes_the_named_units_only_inside_the_block():
         torch.testing.assert_close(model(x, x).scores, torch.tensor([[0.0, 0.5]]))
     torch.testing.assert_close(model(x, x).scores, torch.tensor([[2.0, 0.5]]))
     h, h_adv = torch.tensor([[1.0, 0.5], [0.0, 0.5]]), torch.tensor([[0.0, 0.5], [0.0, 0.5]])
-    e = pse.effects(model.out.weight, h, h_adv, torch.zeros(2, dtype=torch.long), torch.ones(2, dtype=torch.long),
-                    torch.ones(2, dtype=torch.bool))
+    zero, one = torch.zeros(2, dtype=torch.long), torch.ones(2, dtype=torch.long)
+    e = pse.effects(model.out.weight, h, h_adv, zero, one, one.bool())
     sens = pse.sensitivity(e)  # unit 0 moved by 0.5 on average, its clean spread is 0.707; unit 1 never
     torch.testing.assert_close(sens, torch.tensor([0.5 / 0.5**0.5, 0.0]))
 

@@ -58,6 +58,20 @@ def test_training_is_tracked_in_mlflow_with_the_model(ray_local, mr_shards, tmp_
                       "explain/explanations.html", "explain/attention.png", "explain/saliency.png"}
     assert "robust_pgd_eps4_accuracy" in client.get_run(result.run_id).data.metrics
 
+    # promotion / suppression on the LSTM-Attention's pooled units (binary: the target is the other class)
+    from advorch.trainers.analysis import pse_run
+    from advorch.trainers.pse import TYPES
+
+    pse = pse_run(result.run_id, ["pgd"], [0.5, 4.0], uri, n=96, steps=3, fractions=(0.1,))
+    success = {s["epsilon"]: s["success"] for s in pse.summaries}
+    assert success[0.5] <= success[4.0] and success[4.0] == pytest.approx(1 - acc[("pgd", 4.0)], abs=0.1)
+    for s in pse.summaries:
+        assert sum(s[t] for t in TYPES) == pytest.approx(1.0) and s["none"] == 0.0  # successful ones moved
+    assert [m["units"] for m in pse.masking] == ["none", "most sensitive", "random"]
+    assert pse.masking[0]["clean_accuracy"] == pytest.approx(acc[("clean", 0.0)], abs=0.1)  # first 96 rows
+    assert {"pse/report.html", "pse/attention.png", "pse/scatter.png", "pse/masking.png", "pse/pse.json"} <= {
+        a.path for a in client.list_artifacts(result.run_id, "pse")}
+
     # the registry: register with alias candidate, load by alias, predict text and shards
     from advorch.tuning.registry import list_models, predict, promote, register
 
