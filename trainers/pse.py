@@ -6,14 +6,20 @@ Setting: a classifier whose logits are an affine map of its penultimate units, z
 class t, x' its adversarial version, a the target class: the one a targeted attack aims at, else
 the class the attack reaches (the top non-true class at x'). Δh = h(x') − h(x).
 
-    suppression of unit k    σ_k = W[t, k]·(h_k(x) − h_k(x'))    its contribution to t that is lost
-    promotion of unit k      π_k = W[a, k]·(h_k(x') − h_k(x))    its contribution to a that is gained
-    per example              S = Σ_k σ_k = z_t(x) − z_t(x'),  P = Σ_k π_k = z_a(x') − z_a(x)
+Softmax is unchanged when the same u·h is added to every logit, so raw logits (and W) are defined
+only up to that shift, and "the true class's logit fell" would depend on it (on the initialisation,
+in practice). We use the centred logits z̃_c = z_c − mean_c' z_c', i.e. W̃ = W − mean_c W[c], the one
+representative that does not:
 
-The bias cancels, so S and P are the logit changes themselves, and S + P is exactly the drop of the
-margin z_t − z_a that the attack must remove: s = S / (S + P) is the share of that drop made by
-suppressing the true class. That is why s is defined on the margin rather than on, e.g., softmax
-probabilities (which mix every class). Signs: with S⁺ = max(S, 0), P⁺ = max(P, 0), s = S⁺ / (S⁺ + P⁺):
+    suppression of unit k    σ_k = W̃[t, k]·(h_k(x) − h_k(x'))    its contribution to t that is lost
+    promotion of unit k      π_k = W̃[a, k]·(h_k(x') − h_k(x))    its contribution to a that is gained
+    per example              S = Σ_k σ_k = z̃_t(x) − z̃_t(x'),  P = Σ_k π_k = z̃_a(x') − z̃_a(x)
+
+The bias cancels, so S and P are the centred logit changes themselves, and S + P is exactly the drop
+of the margin z_t − z_a that the attack must remove: s = S / (S + P) is the share of that drop made
+by suppressing the true class. That is why s is defined on the margin rather than on, e.g., softmax
+probabilities (which mix every class). With two classes z̃_0 = −z̃_1, so S = P and every example is
+balanced (s = 1/2): the distinction needs three or more classes. Signs: with S⁺ = max(S, 0), P⁺ = max(P, 0), s = S⁺ / (S⁺ + P⁺):
 a perturbation that raises the true class (S < 0) works by promotion alone (s = 0), one that lowers
 the target class (P < 0) by suppression alone (s = 1); when neither moved the margin (S⁺ + P⁺ = 0)
 the example is of type "none". Types: suppression-dominated for s ≥ 2/3, promotion-dominated for
@@ -99,7 +105,8 @@ class Effects:
 def effects(weight: Tensor, h: Tensor, h_adv: Tensor, true: Tensor, target: Tensor, success: Tensor,
             low: float = 1 / 3, high: float = 2 / 3) -> Effects:
     """σ, π, S, P, s and the type of each example from the units clean and adversarial (N, K), the
-    classifier weights W (C, K), true and target classes (N,)."""
+    classifier weights W (C, K), true and target classes (N,); W is centred over the classes first."""
+    weight = weight - weight.mean(0, keepdim=True)  # W̃: the softmax-invariant representative
     dh = h_adv - h  # (N, K)
     sigma = -weight[true] * dh  # W[t, k]·(h_k(x) − h_k(x'))
     pi = weight[target] * dh  # W[a, k]·(h_k(x') − h_k(x))

@@ -2,7 +2,8 @@
 every number is known by hand; thresholds, signs, targeted attacks and unit masking.
 
 The network is generated here (the real data has no model whose units can be computed by hand):
-h = x (two units), z = W·h with W = [[2, 0], [0, 1]] and no bias, true class 0.
+h = x (two units), three classes, z = W·h with W = [[2, 0], [0, 1], [-2, -1]] (its rows sum to 0, so
+W is its own centred W̃) and no bias, true class 0.
 """
 
 import pytest
@@ -18,8 +19,8 @@ from advorch.trainers.tasks.classification import Classification
 class TwoUnits(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.out = nn.Linear(2, 2, bias=False)
-        self.out.weight.data = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+        self.out = nn.Linear(2, 3, bias=False)
+        self.out.weight.data = torch.tensor([[2.0, 0.0], [0.0, 1.0], [-2.0, -1.0]])
         self.perturbable = {"pixels": Perturbable(raw=True)}
 
     def embed(self, batch):
@@ -60,6 +61,21 @@ def test_promotion_and_suppression_of_each_unit_and_the_type_match_the_hand_comp
     torch.testing.assert_close(e.P, z_adv[:, 1] - z[:, 1])
 
 
+def test_a_shift_of_every_logit_changes_nothing_and_two_classes_are_always_balanced():
+    """Softmax ignores z_c + u·h for all c; so do σ and π (centred W). With two classes S = P."""
+    w = torch.tensor([[2.0, 0.0], [0.0, 1.0], [-2.0, -1.0]])
+    h, h_adv = CLEAN.expand(3, 2), torch.tensor([c[0] for c in CASES[:3]])
+    t, a = torch.zeros(3, dtype=torch.long), torch.ones(3, dtype=torch.long)
+    ok = torch.ones(3, dtype=torch.bool)
+    e = pse.effects(w, h, h_adv, t, a, ok)
+    shifted = pse.effects(w + torch.tensor([5.0, -3.0]), h, h_adv, t, a, ok)
+    torch.testing.assert_close(e.sigma, shifted.sigma)
+    torch.testing.assert_close(e.pi, shifted.pi)
+    binary = pse.effects(torch.tensor([[2.0, 0.0], [0.0, 1.0]]), h, h_adv, t, a, ok)
+    torch.testing.assert_close(binary.S, binary.P)
+    torch.testing.assert_close(binary.s, torch.full((3,), 0.5))
+
+
 def test_thresholds_move_the_type_boundaries_and_bad_thresholds_are_refused():
     s = torch.tensor([0.0, 0.3, 0.5, 0.7, 1.0, float("nan")])
     assert [pse.TYPES[k] for k in pse.types(s)] == ["promotion", "promotion", "balanced", "suppression",
@@ -75,7 +91,7 @@ def test_thresholds_move_the_type_boundaries_and_bad_thresholds_are_refused():
 
 
 def test_measure_attacks_the_network_and_the_summary_counts_successful_examples_only():
-    model, task = TwoUnits(), Classification(2)
+    model, task = TwoUnits(), Classification(3)
     x = torch.tensor([[1.0, 0.5], [1.0, 1.3], [0.2, 1.0]])  # true class 0, 0, 1; margins 1.5, 0.7, 0.6
     data = TensorData({"pixels": x}, torch.tensor([0, 0, 1]), ["a", "b", "c"])
     e = pse.measure(model, task, data, "fgsm", 0.3, low=0.4, high=0.6)
@@ -99,7 +115,7 @@ def test_targeted_attacks_aim_at_a_seeded_other_class():
     assert set(t1.tolist()) == set(range(10))
     assert torch.equal(pse.random_targets(torch.tensor([0, 1, 1]), 2, seed=0), torch.tensor([1, 0, 0]))
     # towards a target: the targeted step raises the target's logit
-    model, task = TwoUnits(), Classification(2)
+    model, task = TwoUnits(), Classification(3)
     batch = {"pixels": torch.tensor([[1.0, 0.5]]), "label": torch.tensor([0])}
     r = pse.perturb(model, task, batch, "fgsm", 0.1, target=torch.tensor([1]))
     torch.testing.assert_close(r["pixels"], torch.tensor([[-0.1, 0.1]]))
@@ -109,8 +125,8 @@ def test_masking_zeroes_the_named_units_only_inside_the_block():
     model = TwoUnits()
     x = {"pixels": torch.tensor([[1.0, 0.5]])}
     with pse.masked(model, torch.tensor([0])):
-        torch.testing.assert_close(model(x, x).scores, torch.tensor([[0.0, 0.5]]))
-    torch.testing.assert_close(model(x, x).scores, torch.tensor([[2.0, 0.5]]))
+        torch.testing.assert_close(model(x, x).scores, torch.tensor([[0.0, 0.5, -0.5]]))
+    torch.testing.assert_close(model(x, x).scores, torch.tensor([[2.0, 0.5, -2.5]]))
     h, h_adv = torch.tensor([[1.0, 0.5], [0.0, 0.5]]), torch.tensor([[0.0, 0.5], [0.0, 0.5]])
     zero, one = torch.zeros(2, dtype=torch.long), torch.ones(2, dtype=torch.long)
     e = pse.effects(model.out.weight, h, h_adv, zero, one, one.bool())
