@@ -21,6 +21,7 @@ and the analysis of 1,000 digits (test ∪ the first train rows) is timed.
 
     .venv/bin/python benchmarks/pse_analysis.py --seeds 5 --threads 2
     .venv/bin/python benchmarks/pse_analysis.py --seeds 1 --datasets digits
+    .venv/bin/python benchmarks/pse_analysis.py --seeds 1 --datasets mediaeval --name pse_mediaeval
 """
 
 from __future__ import annotations
@@ -46,7 +47,15 @@ DATASETS = {  # config, rows (key → regime), attacks, ε (L∞: pixels in [0, 
     "mr": (ROOT / "configs" / "mr.toml",
            {"clean": {"name": "clean"}, "at": {"name": "at", "epsilon": 8.0, "lam": 1.0}},
            ("fgsm", "pgd_linf"), (0.05, 0.1)),
+    # Chen et al.'s Visual-CNN on the MediaEval 2016 tweet images (64 x 64), clean and MMAT online
+    # (FGSM θ 0.1 on the images every batch); the settings of benchmarks/table1_crisis.py
+    "mediaeval": (ROOT / "configs" / "mediaeval_tweets.toml",
+                  {"clean": {"name": "clean"},
+                   "mmat_online": {"name": "mmat", "schedule": "online", "epsilon": 0.1, "neighbours": 10,
+                                   "threshold": 0.5}},
+                  ("fgsm", "pgd_linf"), (0.05, 0.1)),
 }
+EXTRA = {"mediaeval": ['model.name="visual_cnn"', "train.epochs=6", "train.patience=2"]}
 TYPES = ("suppression", "balanced", "promotion")
 FRACTIONS = (0.01, 0.05, 0.1)
 
@@ -59,6 +68,10 @@ def build(name: str, tmp: str) -> str:
     out = f"{tmp}/{name}"
     if name == "mr":
         mrdata.prepare(out)
+    elif name == "mediaeval":
+        from advorch.pipelines import tweets
+
+        tweets.run(load_config(DATASETS[name][0], [f'data.output="{out}"']).data)
     else:
         images.run(load_config(DATASETS[name][0], [f'data.output="{out}"']).data)
     return out
@@ -77,7 +90,7 @@ def analyse_seed(name: str, key: str, data: str, seed: int, n: int, extra: list[
     from advorch.trainers.data import load_slice
 
     config, rows, attacks, eps = DATASETS[name]
-    cfg = experiment(config, data, rows[key], seed, extra)
+    cfg = experiment(config, data, rows[key], seed, EXTRA.get(name, []) + extra)
     w, train_s = fit(cfg, data)
     spec = read_spec(data)
     test = first(load_slice(spec, "test", 0, 1, cfg.model.max_length), n)
@@ -105,7 +118,7 @@ def write_figure(name: str, key: str, w, spec, data, res) -> None:
     batch = make_batch(data, rows, torch.device("cpu"))
     r = pse.perturb(w.model, w.task, batch, attack, eps)
     path = str(report.RESULTS_DIR / f"pse_{name}_{key}.png")
-    if name == "digits":
+    if "pixels" in batch:
         pse_report.cam_figure(w.model, batch, r, e.true[rows], e.target[rows], e.s[rows], spec.classes, path)
     else:
         import json
@@ -177,7 +190,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--datasets", default="digits,mr")
-    ap.add_argument("--n", default="digits=1000,mr=500",
+    ap.add_argument("--n", default="digits=1000,mr=500,mediaeval=1000",
                     help="test examples analysed per run, per dataset (digits has 898)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--name", default="pse_analysis", help="results name (benchmarks/results/NAME.json)")

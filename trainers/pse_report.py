@@ -30,24 +30,34 @@ def _plt():
     return plt
 
 
+def grad_cam(model: nn.Module, inputs: Inputs, batch: Batch, classes: Tensor) -> Tensor:
+    """Grad-CAM (B, h, w) of class `classes[i]` per image at the last conv layer's resolution:
+    ReLU(Σ_k α_k A_k), α_k = mean_ij ∂z_c/∂A_k(i, j), A the maps after the last conv's activation."""
+    layers = list(model.modules())
+    last = max(i for i, m in enumerate(layers) if isinstance(m, nn.Conv2d))
+    after = layers[last + 1] if last + 1 < len(layers) else None
+    layer = after if isinstance(after, (nn.ReLU, nn.Softplus)) else layers[last]
+    grabbed = {}
+    handle = layer.register_forward_hook(lambda _m, _i, out: grabbed.setdefault("A", out))
+    try:
+        z = model(inputs, batch).scores
+    finally:
+        handle.remove()
+    A = grabbed["A"]  # (B, K, h, w)
+    grad, = torch.autograd.grad(z[torch.arange(len(classes)), classes].sum(), A)
+    return F.relu((grad.mean((2, 3), keepdim=True) * A).sum(1)).detach()
+
+
 def class_maps(model: nn.Module, inputs: Inputs, batch: Batch, classes: Tensor) -> Tensor:
-    """The class activation map (B, H, W) of class `classes[i]` for each image, at the image's size."""
-    size = inputs["pixels"].shape[-2:]
-    if hasattr(model, "class_activation_maps"):  # global average pooling: CAM is exact
+    """The class activation map (B, H, W) of class `classes[i]` for each image, at the image's size:
+    exact CAM for a globally pooled CNN, else Grad-CAM."""
+    if hasattr(model, "class_activation_maps"):
         with torch.no_grad():
             maps = model(inputs, batch).hidden["conv"]
             cam = model.class_activation_maps(maps)[torch.arange(len(classes)), classes]
     else:
-        conv = [m for m in model.modules() if isinstance(m, nn.Conv2d)][-1]
-        grabbed = {}
-        handle = conv.register_forward_hook(lambda _m, _i, out: grabbed.setdefault("A", out))
-        try:
-            z = model(inputs, batch).scores
-        finally:
-            handle.remove()
-        A = grabbed["A"]  # (B, K, h, w)
-        grad, = torch.autograd.grad(z[torch.arange(len(classes)), classes].sum(), A)
-        cam = F.relu((grad.mean((2, 3), keepdim=True) * A).sum(1)).detach()
+        cam = grad_cam(model, inputs, batch, classes)
+    size = inputs["pixels"].shape[-2:]
     return F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
 
 

@@ -137,3 +137,21 @@ def test_masking_zeroes_the_named_units_only_inside_the_block():
 def test_a_model_without_a_linear_head_is_refused():
     with pytest.raises(ValueError, match="no linear classifier layer"):
         pse.head(nn.Sequential(nn.Linear(2, 2)))
+
+
+def test_grad_cam_equals_the_exact_cam_on_a_pooled_cnn_and_runs_on_the_crisis_cnn():
+    """On a globally pooled CNN ∂z_c/∂A_k = W[c, k]/(h·w), so Grad-CAM = ReLU(CAM)/(h·w); the crisis
+    Visual-CNN (flattened maps, no CAM) gets Grad-CAM maps at the image's size."""
+    from advorch.trainers.models import ImageCNN, VisualCNN
+    from advorch.trainers.pse_report import class_maps, grad_cam
+
+    torch.manual_seed(0)
+    cnn = ImageCNN(1, 10, (4, 6)).eval()
+    x = {"pixels": torch.rand(5, 1, 8, 8)}
+    c = torch.tensor([0, 3, 9, 2, 2])
+    cam = cnn.class_activation_maps(cnn(x, x).hidden["conv"])[torch.arange(5), c]  # (5, 4, 4)
+    torch.testing.assert_close(grad_cam(cnn, x, x, c), cam.relu().detach() / 16)
+    visual = VisualCNN((3, 16, 16), 2).eval()
+    x = {"pixels": torch.rand(3, 3, 16, 16)}
+    maps = class_maps(visual, x, x, torch.tensor([0, 1, 1]))
+    assert maps.shape == (3, 16, 16) and (maps >= 0).all() and maps.sum() > 0
