@@ -9,6 +9,11 @@ A dataset directory (a local path or any fsspec URI) holds:
     history.jsonl            one record per preprocess run; .advorch.lock: the run lock
                              (both from pipelines/history.py, never listed in the manifest)
 
+A manifest is input, not truth (datasets live on shared storage others write to): every path it
+lists must be a direct child of parts/, side/ or quarantine/ that resolves inside the dataset
+(no "..", no absolute path or other URI, no symlink out), or `read_manifest` refuses it; and a
+rebuild deletes only entries that carry advorch's build-id naming (`<...>-YYYYmmddTHHMMSS-xxxxxx…`).
+
 A build stages every new file under `.staging-<build>/`, moves them to their final,
 build-unique names, then replaces manifest.json in one atomic step (temp name +
 rename), and only then deletes files the new manifest no longer lists. A crash at
@@ -22,6 +27,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import re
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +52,34 @@ HASH = "blake3"  # the key of a source's content hash in the manifest
 
 class ShardError(RuntimeError):
     """A dataset directory cannot be read or written; the message names the path and the fix."""
+
+
+LISTED = re.compile(r"(parts|side|quarantine)/(?!\.\.?$)[^/\\]+")  # one level under its folder
+BUILD_NAMED = re.compile(r"\d{8}T\d{6}-[0-9a-f]{6}")  # DatasetWriter.build_id, in every file it writes
+
+
+def check_listed(root: str, manifest: dict[str, Any]) -> None:
+    """Refuse a manifest whose listed paths leave the dataset (see the module docstring).
+
+    Raises:
+        ShardError: naming the manifest, the entry and the fix.
+    """
+    fs, base = _fs(root)
+    try:
+        listed = listed_files(manifest)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ShardError(f"{root}/{MANIFEST}: malformed ({e!r} missing or of the wrong type); rebuild the "
+                         "dataset with `advorch preprocess`") from None
+    real_root = os.path.realpath(base) if isinstance(fs, LocalFileSystem) else None
+    for rel in sorted(listed, key=str):
+        inside = isinstance(rel, str) and LISTED.fullmatch(rel) is not None
+        if inside and real_root is not None:  # a symlink must not lead out either
+            inside = os.path.commonpath([os.path.realpath(os.path.join(base, rel)), real_root]) == real_root
+        if not inside:
+            raise ShardError(f"{root}/{MANIFEST} lists {rel!r}, which is not a file of this dataset (it must "
+                             "be parts/NAME, side/NAME or quarantine/NAME inside the folder): the manifest "
+                             "was edited or not written by advorch; nothing was read or deleted. Rebuild "
+                             "the dataset with `advorch preprocess` into a new folder")
 
 
 def _fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -103,8 +137,10 @@ def read_manifest(root: str) -> dict[str, Any] | None:
         return None
     with fs.open(target, "r") as f:
         manifest = json.load(f)
-    if manifest.get("format") != FORMAT:
-        raise ShardError(f"{target}: unknown format {manifest.get('format')!r}, expected {FORMAT}")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ShardError(f"{target}: unknown format {got!r}, expected {FORMAT}")
+    check_listed(root, manifest)
     return manifest
 
 
@@ -293,7 +329,8 @@ class DatasetWriter:
 
     def _remove_unlisted(self, manifest: dict[str, Any], previous: dict[str, Any] | None) -> None:
         """Delete what the new manifest no longer lists: the previous build's files,
-        parts and quarantine files of crashed builds, and stale staging folders."""
+        parts and quarantine files of crashed builds, and stale staging folders; only entries
+        named by a build (BUILD_NAMED), and a symlink itself, never what it points at."""
         fs, root = self.fs, self._root
         keep = listed_files(manifest)
         stale = listed_files(previous) - keep if previous else set()
@@ -304,8 +341,13 @@ class DatasetWriter:
             elif name in ("parts", "quarantine", "side"):
                 stale |= {f"{name}/{Path(sub).name}" for sub in fs.ls(entry, detail=False)} - keep
         for rel in stale:
-            if fs.exists(f"{root}/{rel}"):
-                fs.rm(f"{root}/{rel}", recursive=True)  # a side entry can be a folder (Zarr)
+            path = f"{root}/{rel}"
+            if not (LISTED.fullmatch(rel) and BUILD_NAMED.search(rel)):
+                continue  # not a file a build wrote: someone else's, left alone
+            if isinstance(fs, LocalFileSystem) and os.path.islink(path):
+                os.unlink(path)
+            elif fs.exists(path):
+                fs.rm(path, recursive=True)  # a side entry can be a folder (Zarr)
 
 
 def listed_files(manifest: dict[str, Any]) -> set[str]:

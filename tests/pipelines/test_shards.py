@@ -175,7 +175,7 @@ def test_next_commit_cleans_stale_staging_and_orphans(tmp_path: Path) -> None:
     crashed, _ = _build(root, "two", {"train": [5]}, commit=False)
     assert Path(crashed.staging_uri).is_dir()
     # what a crash in the middle of a commit can leave: a moved part, a temp manifest
-    (root / "parts" / "train-crashed-00000.parquet").write_bytes(b"half")
+    (root / "parts" / "train-20261202T101010-c0ffee-00000.parquet").write_bytes(b"half")
     (root / f".{MANIFEST}.crashed.tmp").write_text("{")
     _, third = _build(root, "three", {"train": [1]})
     assert not Path(crashed.staging_uri).exists()
@@ -241,3 +241,51 @@ def test_sources_unchanged() -> None:
     assert not sources_unchanged(manifest, [a, b, {**b, "path": "c.txt"}], params)
     # size or mtime changes alone do not matter: the content hash decides
     assert sources_unchanged(manifest, [a, {**b, "mtime": 99.0}], params)
+
+
+def _edit(root: Path, change) -> None:
+    manifest = json.loads((root / MANIFEST).read_text())
+    change(manifest)
+    (root / MANIFEST).write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("path", ["../victim.txt", "/tmp/victim.txt", "parts/../../victim.txt",
+                                  "s3://bucket/victim.txt", "parts/sub/x.parquet", "parts/.."])
+def test_a_manifest_pointing_outside_its_dataset_is_refused_and_nothing_is_deleted(tmp_path, path):
+    """Issue 22's case: a train part `../victim.txt` (and a side file on the same) must not make the
+    next rebuild delete the victim; the manifest is refused on read, naming the entry."""
+    root, victim = tmp_path / "ds", tmp_path / "victim.txt"
+    victim.write_text("not advorch's")
+    _build(root, "one", {"train": [2]})
+
+    def point_out(m: dict) -> None:
+        m["splits"]["train"]["parts"].append({"path": path, "rows": 1})
+        m["side_files"]["evil"] = path
+    _edit(root, point_out)
+    with pytest.raises(ShardError, match="not a file of this dataset") as e:
+        read_manifest(str(root))
+    assert repr(path) in str(e.value) and "nothing was read or deleted" in str(e.value)
+    with pytest.raises(ShardError):
+        read_split(str(root), "train")
+    with pytest.raises(ShardError):  # a rebuild reads the previous manifest before it commits
+        _build(root, "two", {"train": [3]})
+    assert victim.read_text() == "not advorch's"
+
+
+def test_a_symlink_out_of_the_dataset_is_refused_and_a_rebuild_never_follows_one(tmp_path):
+    root, outside = tmp_path / "ds", tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "data.parquet").write_bytes(b"someone else's")
+    _build(root, "one", {"train": [2]})
+    link = root / "parts" / "train-20261202T101010-abcdef-00009.parquet"  # build-named, points out
+    link.symlink_to(outside / "data.parquet")
+    _edit(root, lambda m: m["splits"]["train"]["parts"].append({"path": f"parts/{link.name}", "rows": 1}))
+    with pytest.raises(ShardError, match="not a file of this dataset"):
+        read_manifest(str(root))
+    _edit(root, lambda m: m["splits"]["train"]["parts"].pop())  # listed no more: an orphan link
+    (root / "parts" / "notes.txt").write_text("a user's file, not build-named")
+    _, second = _build(root, "two", {"train": [3]})
+    assert not link.is_symlink()  # the link itself is removed ...
+    assert (outside / "data.parquet").read_bytes() == b"someone else's"  # ... never its target
+    assert (root / "parts" / "notes.txt").exists()  # and what no build wrote stays
+    _assert_readable(root, second)

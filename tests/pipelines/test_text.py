@@ -233,6 +233,26 @@ def test_changed_param_rebuilds_and_removes_the_old_build(mr_shards: Path, tmp_p
                 == sorted(read_split(str(mr_shards), s, ["id"]).column("id").to_pylist())), s
 
 
+def test_a_hand_edited_manifest_pointing_outside_makes_the_rebuild_refuse_and_delete_nothing(
+        mr_shards: Path, tmp_path: Path, dask_address: str) -> None:
+    """Issue 22's report, on the real MR build: a train part and a side file `../victim.txt` must not
+    make `advorch preprocess text` with a changed setting delete the victim beside the dataset."""
+    root, config = _copy_shards(mr_shards, tmp_path)
+    victim = root.parent / "victim.txt"
+    victim.write_text("someone else's")
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest["splits"]["train"]["parts"].append({"path": "../victim.txt", "rows": 1})
+    manifest["side_files"]["vocab.json"] = "../victim.txt"
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    before = _files(root)
+    result = run_cli("preprocess", "text", str(config), "--set", "data.min_count=2",
+                     "--dask-address", dask_address, cwd=tmp_path, env=WIDE, timeout=180)
+    assert result.returncode == 1
+    assert "'../victim.txt'" in result.stderr and "not a file of this dataset" in result.stderr
+    assert victim.read_text() == "someone else's"
+    assert before <= _files(root) <= before | set(OPS)  # nothing deleted; the run's lock / history only
+
+
 def test_row_ids_are_unique_across_sources_with_the_same_file_name(tmp_path: Path) -> None:
     # generated rows (not data): one class per folder, the same file name in both
     vocab = {"<pad>": 0, "<unk>": 1, "good": 2, "bad": 3}
