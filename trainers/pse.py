@@ -19,7 +19,8 @@ The bias cancels, so S and P are the centred logit changes themselves, and S + P
 of the margin z_t − z_a that the attack must remove: s = S / (S + P) is the share of that drop made
 by suppressing the true class. That is why s is defined on the margin rather than on, e.g., softmax
 probabilities (which mix every class). With two classes z̃_0 = −z̃_1, so S = P and every example is
-balanced (s = 1/2): the distinction needs three or more classes. Signs: with S⁺ = max(S, 0), P⁺ = max(P, 0), s = S⁺ / (S⁺ + P⁺):
+balanced (s = 1/2): the distinction needs three or more classes.
+Signs: with S⁺ = max(S, 0), P⁺ = max(P, 0), s = S⁺ / (S⁺ + P⁺):
 a perturbation that raises the true class (S < 0) works by promotion alone (s = 0), one that lowers
 the target class (P < 0) by suppression alone (s = 1); when neither moved the margin (S⁺ + P⁺ = 0)
 the example is of type "none". Types: suppression-dominated for s ≥ 2/3, promotion-dominated for
