@@ -77,25 +77,19 @@ def build(name: str, tmp: str) -> str:
     return out
 
 
-def first(data, n: int):
-    from advorch.trainers.analysis import _first
-
-    return _first(data, n)
-
-
 def analyse_seed(name: str, key: str, data: str, seed: int, n: int, extra: list[str], figures: bool):
     """(PSEResult, train seconds, analysis seconds, worker, dataset spec, test rows) of one row and seed."""
     from advorch.pipelines.spec import read_spec
-    from advorch.trainers.analysis import pse_analysis
+    from advorch.trainers.analysis import first_rows, pse_analysis
     from advorch.trainers.data import load_slice
 
     config, rows, attacks, eps = DATASETS[name]
     cfg = experiment(config, data, rows[key], seed, EXTRA.get(name, []) + extra)
     w, train_s = fit(cfg, data)
     spec = read_spec(data)
-    test = first(load_slice(spec, "test", 0, 1, cfg.model.max_length), n)
+    test = first_rows(load_slice(spec, "test", 0, 1, cfg.model.max_length), n)
     t0 = time.perf_counter()
-    res = pse_analysis(w.model, w.task, test, first(w.val, n), spec.classes, list(attacks), list(eps),
+    res = pse_analysis(w.model, w.task, test, first_rows(w.val, n), spec.classes, list(attacks), list(eps),
                        steps=10, fractions=FRACTIONS, seed=seed)
     secs = time.perf_counter() - t0
     if figures:
@@ -104,30 +98,16 @@ def analyse_seed(name: str, key: str, data: str, seed: int, n: int, extra: list[
 
 
 def write_figure(name: str, key: str, w, spec, data, res) -> None:
-    """benchmarks/results/pse_{name}_{key}.png: CAMs of 3 digits, or MR attention, clean vs adversarial."""
-    import torch
+    """benchmarks/results/pse_{name}_{key}.png: CAMs of 3 images, or MR attention, clean vs adversarial."""
+    import json
 
-    from advorch.trainers import pse, pse_report
-    from advorch.trainers.data import make_batch
+    from advorch.pipelines.shards import read_side_file
+    from advorch.trainers.analysis import pse_examples
 
-    attack, eps, e = res.found[-1]
-    ok = e.success.nonzero().flatten().tolist()
-    rows = torch.tensor(sorted({int(e.true[i]): i for i in reversed(ok)}.values())[:3], dtype=torch.long)
-    if not len(rows):
-        return
-    batch = make_batch(data, rows, torch.device("cpu"))
-    r = pse.perturb(w.model, w.task, batch, attack, eps)
-    path = str(report.RESULTS_DIR / f"pse_{name}_{key}.png")
-    if "pixels" in batch:
-        pse_report.cam_figure(w.model, batch, r, e.true[rows], e.target[rows], e.s[rows], spec.classes, path)
-    else:
-        import json
-
-        from advorch.pipelines.shards import read_side_file
-
-        vocab = json.loads(read_side_file(spec.uri, "vocab.json", spec.manifest))
-        words = [[vocab[int(t)] for t in s[m]] for s, m in zip(batch["tokens"], batch["mask"], strict=True)]
-        pse_report.attention_figure(w.model, batch, r, words, path)
+    vocab = (json.loads(read_side_file(spec.uri, "vocab.json", spec.manifest))
+             if "vocab.json" in spec.side_files else None)
+    pse_examples(w.model, w.task, data, res, spec.classes, vocab, str(report.RESULTS_DIR),
+                 f"pse_{name}_{key}")
 
 
 def time_thousand(w, spec, test, seed: int) -> float:

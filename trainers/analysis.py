@@ -206,6 +206,7 @@ class PSEResult:
     masking: list[dict[str, Any]]
     mask_attack: tuple[str, float]
     found: list[tuple[str, float, Any]]
+    targets: Any  # (N,) the seeded targets of `data` when targeted, else None
 
 
 def pse_analysis(model: Any, task: Any, data: Any, val: Any, classes: list[str], attacks: list[str],
@@ -229,17 +230,18 @@ def pse_analysis(model: Any, task: Any, data: Any, val: Any, classes: list[str],
     def targets(d: Any) -> Any:
         return pse.random_targets(d.labels, len(classes), seed) if targeted else None
 
+    aimed = targets(data)
     found, summaries, units = [], [], []
     for attack in attacks:
         for eps in epsilons:
-            e = pse.measure(model, task, data, attack, eps, targets(data), steps, low=low, high=high)
+            e = pse.measure(model, task, data, attack, eps, aimed, steps, low=low, high=high)
             found.append((attack, eps, e))
             summaries.append({"attack": attack, "epsilon": eps, "targeted": targeted, **pse.summary(e)})
             units += [{"attack": attack, "epsilon": eps, **u} for u in pse.top_units(e, classes)]
     mask_attack = (attacks[-1], max(epsilons))
     ranked = pse.sensitivity(pse.measure(model, task, val, *mask_attack, targets(val), steps))
     mask = pse.masking(model, task, data, ranked, fractions, *mask_attack, steps=steps, seed=seed)
-    return PSEResult(summaries, units, ranked, mask, mask_attack, found)
+    return PSEResult(summaries, units, ranked, mask, mask_attack, found, aimed)
 
 
 def pse_run(run_id: str, attacks: list[str], epsilons: list[float], mlflow_uri: str | None = None,
@@ -254,21 +256,24 @@ def pse_run(run_id: str, attacks: list[str], epsilons: list[float], mlflow_uri: 
         ValueError: the run is not a classifier, or the thresholds are invalid.
     """
     from advorch import tracking
+    from advorch.pipelines.shards import read_side_file
     from advorch.trainers import pse, pse_report
     from advorch.trainers.data import load_slice
 
     run = load_run(run_id, mlflow_uri)
     if run.spec.task != "classification":
         raise ValueError(f"run {run_id} trains a {run.spec.task} model; PSE analyses classifiers")
-    data, val = (_first(load_slice(run.spec, s, 0, 1, run.cfg.model.max_length), n) for s in (split, "val"))
+    data, val = (first_rows(load_slice(run.spec, s, 0, 1, run.cfg.model.max_length), n)
+                 for s in (split, "val"))
     res = pse_analysis(run.model, run.task, data, val, run.spec.classes, attacks, epsilons, targeted, steps,
                        fractions, low, high, seed)
     with tempfile.TemporaryDirectory() as tmp:
         figures = ["scatter.png", "masking.png"]
         pse_report.scatter(res.found, f"{tmp}/scatter.png")
         pse_report.masking_figure(res.masking, *res.mask_attack, f"{tmp}/masking.png")
-        targets = pse.random_targets(data.labels, run.spec.num_classes, seed) if targeted else None
-        figures += _pse_examples(run, data, res.found[-1], targets, steps, tmp)
+        vocab = (json.loads(read_side_file(run.data, "vocab.json", run.spec.manifest))
+                 if "vocab.json" in run.spec.side_files else None)
+        figures += pse_examples(run.model, run.task, data, res, run.spec.classes, vocab, tmp, steps=steps)
         Path(tmp, "report.html").write_text(pse_report.report_html(
             run_id, res.summaries, res.units, res.masking, figures, pse.__doc__ or ""))
         Path(tmp, "pse.json").write_text(json.dumps(
@@ -282,40 +287,41 @@ def pse_run(run_id: str, attacks: list[str], epsilons: list[float], mlflow_uri: 
     return res
 
 
-def _first(data: Any, n: int) -> Any:
+def first_rows(data: Any, n: int) -> Any:
     """The first n rows of a TensorData."""
     from advorch.trainers.data import TensorData
 
     return TensorData({k: v[:n] for k, v in data.inputs.items()}, data.labels[:n], data.ids[:n])
 
 
-def _pse_examples(run: Run, data: Any, found: tuple[str, float, Any], targets: Any, steps: int,
-                  tmp: str) -> list[str]:
-    """Up to 3 successful examples of one attack × ε (distinct true classes first): CAMs for image
-    models, attention clean vs adversarial for attention models; the names of the figures written."""
+def pse_examples(model: Any, task: Any, data: Any, res: PSEResult, classes: list[str],
+                 vocab: list[str] | None, folder: str, name: str | None = None, steps: int = 10) -> list[str]:
+    """Up to 3 successful examples of the last attack × ε (distinct true classes first), written to
+    folder/NAME.png: CAMs for image models (NAME "cam"), attention clean vs adversarial for attention
+    models over tokens (NAME "attention", words from `vocab`); the names of the figures written."""
     import torch
 
-    from advorch.pipelines.shards import read_side_file
     from advorch.trainers import pse, pse_report
     from advorch.trainers.data import make_batch
 
-    attack, eps, e = found
+    attack, eps, e = res.found[-1]
     ok = e.success.nonzero().flatten().tolist()
     first_of_class = {int(e.true[i]): i for i in reversed(ok)}
     rows = torch.tensor(sorted(first_of_class.values())[:3], dtype=torch.long)
     if not len(rows):
         return []
     batch = make_batch(data, rows, torch.device("cpu"))
-    target = targets[rows] if targets is not None else None
-    r = pse.perturb(run.model, run.task, batch, attack, eps, target, steps)
+    target = res.targets[rows] if res.targets is not None else None
+    r = pse.perturb(model, task, batch, attack, eps, target, steps)
     if "pixels" in batch:
-        pse_report.cam_figure(run.model, batch, r, e.true[rows], e.target[rows], e.s[rows], run.spec.classes,
-                              f"{tmp}/cam.png")
-        return ["cam.png"]
-    if "tokens" in batch and getattr(run.model, "attention", False):
-        vocab = json.loads(read_side_file(run.data, "vocab.json", run.spec.manifest))
+        file = f"{name or 'cam'}.png"
+        pse_report.cam_figure(model, batch, r, e.true[rows], e.target[rows], e.s[rows], classes,
+                              f"{folder}/{file}")
+        return [file]
+    if "tokens" in batch and vocab is not None and getattr(model, "attention", False):
+        file = f"{name or 'attention'}.png"
         words = [[vocab[int(t)] for t in seq[m]]
                  for seq, m in zip(batch["tokens"], batch["mask"], strict=True)]
-        pse_report.attention_figure(run.model, batch, r, words, f"{tmp}/attention.png")
-        return ["attention.png"]
+        pse_report.attention_figure(model, batch, r, words, f"{folder}/{file}")
+        return [file]
     return []
