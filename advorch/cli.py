@@ -30,6 +30,9 @@ jobs_app = typer.Typer(help="Jobs on a Ray cluster (Ray Jobs API): list, status,
 app.add_typer(jobs_app, name="jobs")
 analyze_app = typer.Typer(help="Analyses of a trained run, logged back to it.", no_args_is_help=True)
 app.add_typer(analyze_app, name="analyze")
+datasets_app = typer.Typer(help="The public datasets the configs use: list, info, fetch (checksummed).",
+                           no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
 out = Console()
 err = Console(stderr=True)
 
@@ -712,18 +715,100 @@ def history(dataset: Annotated[str, typer.Argument(help="Dataset folder or URI."
     out.print(table)
 
 
+DatasetArg = Annotated[str, typer.Argument(help="Dataset name (advorch datasets list).")]
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n else "-"
+
+
+@datasets_app.command("list")
+def datasets_list() -> None:
+    """Every registered dataset: size, access, licence and where it is now."""
+    from advorch import datasets
+
+    table = Table(title="datasets", caption=f"here: shared = {datasets.SHARED}, "
+                  f"cache = {datasets.data_root()} ($ADVORCH_DATA)")
+    for col in ("name", "size", "access", "here", "licence"):
+        table.add_column(col, justify="right" if col == "size" else "left", no_wrap=col != "licence")
+    for name, ds in datasets.registry().items():
+        where = datasets.locate(name) if ds.files else None
+        here = "-" if where is None else "shared" if where.is_relative_to(datasets.SHARED) else "cache"
+        table.add_row(name, _mib(ds.size), ds.access, here, ds.licence)
+    out.print(table)
+
+
+@datasets_app.command("info")
+def datasets_info(name: DatasetArg) -> None:
+    """One dataset: what it is, its sources, its files and the configs that read it."""
+    from advorch import datasets
+
+    try:
+        ds = datasets.get(name)
+    except datasets.DatasetError as e:
+        fail(str(e))
+    out.print(f"[bold]{ds.name}[/]: {escape(ds.title)}\nlicence: {escape(ds.licence)}\n"
+              f"homepage: {ds.homepage}\naccess: {ds.access}\nsize: {_mib(ds.size)}, "
+              f"{len(ds.files)} files, folder {ds.folder or '-'}\n"
+              f"here: {datasets.locate(name) if ds.files else '-'}", highlight=False, soft_wrap=True)
+    for source in ds.sources:
+        out.print(f"source: {source.url}" + (f" ({source.archive})" if source.archive else ""),
+                  highlight=False, soft_wrap=True)
+    for i, step in enumerate(ds.steps, 1):
+        out.print(f"step {i}: {escape(step.format(dest=datasets.data_root() / ds.folder))}",
+                  highlight=False, soft_wrap=True)
+    for config in ds.configs():
+        out.print(f"read by: {config}", highlight=False)
+
+
+@datasets_app.command("fetch")
+def datasets_fetch(name: DatasetArg,
+                   to: Annotated[Path | None, typer.Option(
+                       "--to", help="Data root (default: $ADVORCH_DATA or the user's cache).")] = None,
+                   mirror: Annotated[str | None, typer.Option(
+                       envvar="ADVORCH_MIRROR", help="Base URL of a mirror of the data folder.")] = None,
+                   ) -> None:
+    """Download NAME, check every file's sha256, and place it under the data root."""
+    from advorch import datasets
+
+    try:
+        with err.status(f"fetching {name}"):
+            folder = datasets.fetch(name, to, mirror)
+    except datasets.DatasetError as e:
+        fail(str(e), code=1)
+    out.print(f"{name}: {folder} (every file matches its sha256)", highlight=False, soft_wrap=True)
+
+
+def _mr_folder(data: Path | None) -> Path:
+    """--data, else ../shared/data/mr, else the fetched copy, else fetch it."""
+    from advorch import datasets
+
+    if data is not None:
+        if not (data / "rt-polarity.neg").is_file():
+            fail(f"{data}/rt-polarity.neg not found: pass --data with the MR folder, or leave it "
+                 "out to use ../shared/data/mr or fetch MR (advorch datasets fetch mr)")
+        return data
+    if (found := datasets.locate("mr")) is not None:
+        return found
+    out.print(f"MR is not here: fetching it into {datasets.data_root()} (advorch datasets info mr)")
+    try:
+        return datasets.fetch("mr")
+    except datasets.DatasetError as e:
+        fail(str(e), code=1)
+
+
 @app.command()
-def demo(data: Annotated[Path, typer.Option(
-             help="Folder with rt-polarity.neg / rt-polarity.pos.")] = Path("../shared/data/mr"),
+def demo(data: Annotated[Path | None, typer.Option(
+             help="Folder with rt-polarity.neg / rt-polarity.pos (default: ../shared/data/mr, "
+                  "else the fetched copy, else fetched now).")] = None,
          output: Annotated[str, typer.Option(help="Where the shards go.")] = "data/mr",
          workers: Annotated[int, typer.Option(help="Ray Train workers.")] = 2,
          ray_address: RayOpt = None, mlflow_uri: MlflowOpt = None, set_: SetOpt = None) -> None:
     """MR sentences → shards → LSTM-Attention with AT on local Ray (2 workers) → MLflow."""
     from advorch.demo import demo_overrides
 
-    if not (data / "rt-polarity.neg").is_file():
-        fail(f"{data}/rt-polarity.neg not found: pass --data with the MR folder "
-             "(the repository expects ../shared/data/mr beside it)")
+    data = _mr_folder(data)
+    out.print(f"MR sentences from {data}", highlight=False)
     cfg = _load(None, demo_overrides(data, output, workers) + list(set_ or []))
     out.rule("1/2 preprocess: MR sentences → Parquet shards")
     run_pipeline(cfg, None, None)
