@@ -7,6 +7,8 @@ Heavy libraries (torch, ray, dask, mlflow) are imported inside the commands so t
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -33,6 +35,9 @@ app.add_typer(analyze_app, name="analyze")
 datasets_app = typer.Typer(help="The public datasets the configs use: list, info, fetch (checksummed).",
                            no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
+vectors_app = typer.Typer(help="Word vectors from a pretrained encoder (extra `pretrained`).",
+                          no_args_is_help=True)
+app.add_typer(vectors_app, name="vectors")
 out = Console()
 err = Console(stderr=True)
 
@@ -58,6 +63,19 @@ def fail(message: str, code: int = 2) -> None:
     # stay whole in logs
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+@contextmanager
+def _mlflow_access(uri: str | None, resource: str | None = None) -> Iterator[None]:
+    """The MLflow server's 401 / 403 inside the block as one line naming the server and the
+    fix (credentials, or permission on `resource`), exit 1; not a traceback."""
+    from advorch.tracking import AccessDenied, server_access
+
+    try:
+        with server_access(uri, resource):
+            yield
+    except AccessDenied as e:
+        fail(str(e), code=1)
 
 
 def _load(config: Path | None, overrides: list[str] | None) -> ExperimentConfig:
@@ -217,12 +235,20 @@ def _print_result(result) -> None:
 
 def run_training(cfg: ExperimentConfig, data: str | None, ray_address: str | None,
                  mlflow_uri: str | None):
+    from advorch.tracking import AccessDenied, check_access, check_uri, server_access
     from advorch.trainers.launch import check_experiment, dataset_uri
 
     try:  # every impossible combination fails here, before Ray starts
         check_experiment(cfg, dataset_uri(data or cfg.data.output))
     except (ConfigError, FileNotFoundError) as e:
         fail(str(e))
+    uri = mlflow_uri or cfg.mlflow.tracking_uri
+    try:
+        check_uri(uri)  # no credentials in the URI
+    except ValueError as e:
+        fail(str(e))
+    with _mlflow_access(uri, f"experiment {cfg.mlflow.experiment!r}"):
+        check_access(uri, cfg.mlflow.experiment)  # nor refused ones: before Ray starts too
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from advorch.trainers.launch import TrainingError
@@ -240,8 +266,12 @@ def run_training(cfg: ExperimentConfig, data: str | None, ray_address: str | Non
                 bar.update(task, total=m["epoch"] + 1)
 
         try:
-            result = train_run(cfg, data, ray_address=ray_address, mlflow_uri=mlflow_uri,
-                               on_epoch=on_epoch)
+            with server_access(uri, f"experiment {cfg.mlflow.experiment!r}"):
+                result = train_run(cfg, data, ray_address=ray_address, mlflow_uri=mlflow_uri,
+                                   on_epoch=on_epoch)
+        except AccessDenied as e:  # the MLflow server's 401 / 403: credentials or permission
+            bar.stop()
+            fail(str(e), code=1)
         except FileNotFoundError as e:
             if e.errno is not None:
                 raise  # an OS error mid-run: the traceback says where
@@ -480,7 +510,10 @@ def tune(config: ConfigArg,
 def _registry_uri(mlflow_uri: str | None) -> str:
     from advorch.tracking import resolve_uri
 
-    return resolve_uri(mlflow_uri)
+    try:
+        return resolve_uri(mlflow_uri)
+    except ValueError as e:  # credentials in the URI
+        fail(str(e))
 
 
 @registry_app.command("register")
@@ -491,8 +524,10 @@ def registry_register(run_id: Annotated[str, typer.Argument(help="MLflow run id 
     """Register a run's model as a new version of NAME, with an alias."""
     from advorch.tuning.registry import register
 
+    uri = _registry_uri(mlflow_uri)
     try:
-        version = register(_registry_uri(mlflow_uri), run_id, name, alias)
+        with _mlflow_access(uri, f"registered model {name!r}"):
+            version = register(uri, run_id, name, alias)
     except LookupError as e:
         fail(str(e), code=1)
     out.print(f"registered {name} version {version} (alias {alias}): models:/{name}@{alias}")
@@ -506,7 +541,10 @@ def registry_list(mlflow_uri: MlflowOpt = None) -> None:
     table = Table(title="registered models")
     for col in ("name", "version", "aliases", "run_id", "status"):
         table.add_column(col)
-    for r in list_models(_registry_uri(mlflow_uri)):
+    uri = _registry_uri(mlflow_uri)
+    with _mlflow_access(uri):
+        rows = list_models(uri)
+    for r in rows:
         table.add_row(r["name"], str(r["version"]), ", ".join(r["aliases"]), r["run_id"], r["status"])
     out.print(table)
 
@@ -518,7 +556,9 @@ def registry_promote(name: str, version: int,
     """Point an alias (default: champion) at a version."""
     from advorch.tuning.registry import promote
 
-    promote(_registry_uri(mlflow_uri), name, version, alias)
+    uri = _registry_uri(mlflow_uri)
+    with _mlflow_access(uri, f"registered model {name!r}"):
+        promote(uri, name, version, alias)
     out.print(f"{name}@{alias} → version {version}")
 
 
@@ -536,13 +576,15 @@ def registry_predict(model: Annotated[str, typer.Argument(help="NAME@ALIAS or mo
     from advorch.tuning.registry import predict, recommend, task_of
 
     uri = _registry_uri(mlflow_uri)
+    name = model.removeprefix("models:/").partition("@")[0]
     try:
-        if task_of(uri, model) == "ranking":
-            for r in recommend(uri, model, source, split, limit, top):
-                line = f"{escape(r.user)}\t{' '.join(map(escape, r.items))}"
-                out.print(line, soft_wrap=True, highlight=False)
-            return
-        preds = predict(uri, model, source, split, limit)
+        with _mlflow_access(uri, f"registered model {name!r}"):
+            if task_of(uri, model) == "ranking":
+                for r in recommend(uri, model, source, split, limit, top):
+                    line = f"{escape(r.user)}\t{' '.join(map(escape, r.items))}"
+                    out.print(line, soft_wrap=True, highlight=False)
+                return
+            preds = predict(uri, model, source, split, limit)
     except (LookupError, FileNotFoundError) as e:
         fail(str(e), code=1)
     for p in preds:
@@ -779,6 +821,25 @@ def datasets_fetch(name: DatasetArg,
     out.print(f"{name}: {folder} (every file matches its sha256)", highlight=False, soft_wrap=True)
 
 
+@vectors_app.command("export")
+def vectors_export(dataset: Annotated[str, typer.Argument(help="A word-level dataset folder or URI.")],
+                   out_file: Annotated[Path, typer.Argument(help="GloVe text file to write.")],
+                   encoder: Annotated[str, typer.Option(
+                       help="minilm (all-MiniLM-L6-v2), or a local model folder.")] = "minilm") -> None:
+    """Static vectors for DATASET's vocabulary: each word's contextual encoder states averaged over
+    its train occurrences, for `model.pretrained_vectors` (with model.embedding_dim = 384)."""
+    from advorch.encoders import TOKENIZERS
+    from advorch.progress import track
+    from advorch.trainers.vectors import export
+
+    try:
+        written = export(dataset, out_file, TOKENIZERS.get(encoder, encoder),
+                         progress=lambda xs: track(xs, "encoding the train split"))
+    except (ImportError, ValueError, FileNotFoundError) as e:
+        fail(str(e), code=1)
+    out.print(f"{written} word vectors → {out_file}", highlight=False)
+
+
 def _mr_folder(data: Path | None) -> Path:
     """--data, else ../shared/data/mr, else the fetched copy, else fetch it."""
     from advorch import datasets
@@ -790,7 +851,8 @@ def _mr_folder(data: Path | None) -> Path:
         return data
     if (found := datasets.locate("mr")) is not None:
         return found
-    out.print(f"MR is not here: fetching it into {datasets.data_root()} (advorch datasets info mr)")
+    out.print(f"MR is not here: fetching it into {datasets.data_root()} (advorch datasets info mr)",
+              highlight=False, soft_wrap=True)
     try:
         return datasets.fetch("mr")
     except datasets.DatasetError as e:
@@ -808,7 +870,7 @@ def demo(data: Annotated[Path | None, typer.Option(
     from advorch.demo import demo_overrides
 
     data = _mr_folder(data)
-    out.print(f"MR sentences from {data}", highlight=False)
+    out.print(f"MR sentences from {data}", highlight=False, soft_wrap=True)
     cfg = _load(None, demo_overrides(data, output, workers) + list(set_ or []))
     out.rule("1/2 preprocess: MR sentences → Parquet shards")
     run_pipeline(cfg, None, None)
@@ -816,6 +878,12 @@ def demo(data: Annotated[Path | None, typer.Option(
     result = run_training(cfg, None, ray_address, mlflow_uri)
     out.print(f"[bold]test_accuracy = {result.metrics['test_accuracy']:.4f}[/] "
               "(Jia et al. 2019, Table 3, LSTM+AT: 0.742)")
+    if result.run_id:  # what a user opens first: the curves, and where the model looks
+        from advorch.trainers.analysis import explain_run
+
+        explain_run(result.run_id, 3, None, result.tracking_uri)
+        out.print("Logged to the run: plots/training_curves.png, and explain/attention.png "
+                  "(the attention over 3 test sentences, clean and perturbed)", soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -341,13 +341,16 @@ class DataConfig(_Section):
 
     kind: Literal["text", "clickstream", "modis", "images", "tweets", "interactions"] = "text"
     sources: list[TextSource] = Field(default_factory=list)
-    encoding: str = "utf-8"
+    encoding: str = Field("utf-8", description="of the text sources: a text codec of Python's")
     output: str = "data/dataset"
     min_count: int = Field(1, ge=1)
     max_vocab: int = Field(50_000, ge=10)
     test_fraction: float = Field(0.5, gt=0.0, lt=1.0)
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     lowercase: bool = True
+    tokenizer: Literal["words", "minilm"] = Field(
+        "words", description="text: words and punctuation; minilm: all-MiniLM-L6-v2's word pieces in "
+                             "[CLS] … [SEP], for model.name = \"encoder_attention\" (extra `pretrained`)")
     part_rows: int = Field(4096, ge=1, description="rows per Parquet part")
     seed: int = 0
     clickstream: ClickstreamConfig = Field(default_factory=ClickstreamConfig)
@@ -357,13 +360,30 @@ class DataConfig(_Section):
     interactions: InteractionsConfig = Field(default_factory=InteractionsConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
 
+    @field_validator("encoding")
+    @classmethod
+    def _text_codec(cls, v: str) -> str:
+        # checked here, not in every decoding task: an unknown name, or a codec that is not text
+        # (rot_13, base64_codec) would raise LookupError for each block of each file
+        import codecs
+
+        try:
+            info = codecs.lookup(v)
+        except (LookupError, ValueError):
+            raise ValueError(f"data.encoding = {v!r} is not an encoding Python knows; name a text codec "
+                             "such as \"utf-8\", \"cp1252\" or \"latin-1\"") from None
+        if not getattr(info, "_is_text_encoding", True):  # what bytes.decode itself checks
+            raise ValueError(f"data.encoding = {v!r} is not a text encoding (it turns bytes into bytes); "
+                             "name a text codec such as \"utf-8\"")
+        return v
+
 
 class ModelConfig(_Section):
     """The model: Jia et al. KDD'19 LSTM / LSTM-Attention (eq. 4-10), the image CNN, or Chen et al.'s
     Visual-CNN / Text-CNN / multi-modal MMN (§III-A; trainers/models/crisis.py)."""
 
-    name: Literal["lstm", "lstm_attention", "image_cnn", "visual_cnn", "text_cnn", "mmn", "pop", "mf_bpr",
-                  "vbpr"] = "lstm_attention"
+    name: Literal["lstm", "lstm_attention", "encoder_attention", "image_cnn", "visual_cnn", "text_cnn",
+                  "mmn", "pop", "mf_bpr", "vbpr"] = "lstm_attention"
     embedding_dim: int = Field(128, ge=1)
     hidden_dim: int = Field(140, ge=1)
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
@@ -371,6 +391,11 @@ class ModelConfig(_Section):
         False, description="also read the sequence backwards (h^t = [→h^t; ←h^t]), so attention on "
                            "early steps sees the whole series; the paper's LSTM is one-way")
     max_length: int = Field(100, ge=1, description="longer sequences keep their first tokens")
+    encoder: str = Field("all-MiniLM-L6-v2", description="encoder_attention: a pretrained encoder by name "
+                                                         "(extra `pretrained`) or a local model folder")
+    finetune: bool = Field(False, description="encoder_attention: train the encoder too (else frozen)")
+    encoder_lr: float = Field(2e-5, gt=0.0, description="encoder_attention: the fine-tuned encoder's "
+                                                        "learning rate (train.lr is the head's)")
     pretrained_vectors: str | None = Field(None, description="word2vec/GloVe text file to start from")
     init_embeddings: Literal["dataset", "random"] = Field(
         "dataset", description="start from the dataset's embeddings side file when it has one")
@@ -540,21 +565,28 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key and the file."""
 
 
-def _parse_value(text: str) -> Any:
+def _parse_value(text: str, origin: str, key: str) -> Any:
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+    except RecursionError:  # tomllib recurses per nesting level
+        raise ConfigError(f"{origin}: override {key!r}: the value nests arrays or tables too "
+                          "deeply") from None
 
 
 def _key_path(key: str) -> list[str]:
     """`a.b."c.d"` → ["a", "b", "c.d"], by TOML's own key rules; [] if not a valid key."""
+    if "\n" in key or "\r" in key:  # lines of their own ("[a]\n[b]\nc") are TOML, not one key
+        return []
     try:
         node: Any = tomllib.loads(f"{key} = 0")
     except tomllib.TOMLDecodeError:
         return []
     parts = []
     while isinstance(node, dict):
+        if len(node) != 1:
+            return []
         (part, node), = node.items()
         parts.append(part)
     return parts
@@ -573,7 +605,7 @@ def _apply_override(raw: dict[str, Any], assignment: str, origin: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"{origin}: override {key!r}: {part!r} is not a section")
-    node[parts[-1]] = _parse_value(value.strip())
+    node[parts[-1]] = _parse_value(value.strip(), origin, key)
 
 
 def _format_errors(err: ValidationError, origin: str) -> str:
@@ -604,6 +636,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raw = tomllib.loads(p.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {p} is not valid TOML: {e}") from e
+        except UnicodeDecodeError as e:  # TOML files are UTF-8
+            raise ConfigError(f"config file {p} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                              f"{e.start}); save it as UTF-8") from None
+        except RecursionError:  # tomllib recurses per nesting level
+            raise ConfigError(f"config file {p} nests arrays or tables too deeply") from None
     for assignment in overrides or []:
         _apply_override(raw, assignment, f"{origin} (--set)")
     try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,9 @@ class Layout:
     null_values: list[str] = field(default_factory=lambda: ["", "NA", "null"])
     time_unit: str = "iso"
     time_zone: str | None = None
+    # '"' opens a quoted value (CSV's rule); False: quotes are text (tweet dumps: a tweet that opens
+    # a quote and never closes it would swallow the lines after it)
+    quoting: bool = True
     origin: dict[str, str] = field(default_factory=dict)
 
     def key(self, setting: str) -> str:
@@ -90,49 +94,93 @@ def file_format(path: str, declared: str, what: str = "data.clickstream.format")
 
 
 def header(path: str, delimiter: str) -> list[str]:
-    """The column names on a CSV/TSV file's first line."""
+    """The column names on a CSV/TSV file's first line (bytes that are not UTF-8 read as U+FFFD:
+    such a name matches no mapped column, and the caller's error lists the names as read)."""
     with fsspec.open(path, "rb", compression="infer") as f:
-        first = f.readline().rstrip(b"\r\n").decode("utf-8-sig")
+        first = f.readline().rstrip(b"\r\n").decode("utf-8-sig", errors="replace")
     return [c.strip().strip('"') for c in first.split(delimiter)]
 
 
 def parse_csv_block(block: bytes, names: list[str], wanted: list[str], delimiter: str,
                     skip_header: bool, null_values: list[str], categorical: list[str],
-                    named_by: str = "the header") -> dict[str, Any]:
+                    named_by: str = "the header", quoting: bool = True) -> dict[str, Any]:
     """One block of a delimited file → {"table", "lines", "bad": [(line, reason, raw)]}.
 
     Line numbers are block-local and 1-based (with `skip_header`, the first block's line 1 is
-    the header and is skipped). `categorical` columns come dictionary-encoded (ids repeat:
-    smaller to ship, cheaper to group). `named_by` says where `names` came from, for the
-    malformed-row reason.
+    the header and is skipped); a line ends at \\n, \\r\\n or a lone \\r, as pyarrow reads it.
+    `categorical` columns come dictionary-encoded (ids repeat: smaller to ship, cheaper to group).
+    `named_by` says where `names` came from, for the malformed-row reason; `quoting` as
+    Layout.quoting. A line that is not UTF-8 text is quarantined as undecodable (pyarrow fails the
+    whole block on one such byte).
     """
     bad: list[tuple[int, str, str]] = []
+    lines = block.count(b"\n") + block.count(b"\r") - block.count(b"\r\n")
+    lines += 0 if block.endswith((b"\n", b"\r")) or not block else 1
+    first = 2 if skip_header else 1
+    origin = np.arange(lines + 1)  # origin[n]: the block's line of line n of what pyarrow reads
+    try:
+        block.decode("utf-8")  # ≈ 1 ms for 8 MiB of ASCII: cheap next to the parse
+    except UnicodeDecodeError:
+        block, origin, undecodable = _without_undecodable(block, first)
+        bad += [(n, "undecodable: the line is not UTF-8 text; fix its bytes or convert the file to UTF-8",
+                 raw.decode("latin-1")) for n, raw in undecodable]
+    read_lines = len(origin) - 1
+    if read_lines < first:  # no line after the header (a header-only file): pyarrow's error
+        empty = pa.schema([(c, pa.dictionary(pa.int32(), pa.string()) if c in categorical else pa.string())
+                           for c in wanted]).empty_table()
+        return {"table": empty.append_column("line", pa.array([], pa.int64())), "lines": lines, "bad": bad}
+    malformed: list[tuple[int, str, str]] = []
 
     def invalid(row: Any) -> str:
-        bad.append((row.number, f"malformed row: {row.actual_columns} fields, {named_by} has "
-                                f"{row.expected_columns}", row.text))
+        malformed.append((row.number, f"malformed row: {row.actual_columns} fields, {named_by} has "
+                                      f"{row.expected_columns}", row.text))
         return "skip"
 
     table = pacsv.read_csv(
         io.BytesIO(block),
+        # one pyarrow block for the whole block: with its default 1 MiB a longer line failed the block
         read_options=pacsv.ReadOptions(column_names=names, skip_rows=1 if skip_header else 0,
-                                       use_threads=False),
+                                       use_threads=False, block_size=min(max(len(block) + 1, 1 << 20),
+                                                                         2**31 - 1)),
         parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=invalid,
-                                         ignore_empty_lines=False),
+                                         ignore_empty_lines=False, quote_char='"' if quoting else False),
         convert_options=pacsv.ConvertOptions(column_types={c: pa.dictionary(pa.int32(), pa.string())
                                                            if c in categorical else pa.string()
                                                            for c in wanted},
                                              include_columns=wanted, null_values=null_values,
                                              strings_can_be_null=True))
-    lines = block.count(b"\n") + (0 if block.endswith(b"\n") or not block else 1)
-    first = 2 if skip_header else 1
-    keep = np.ones(lines + 1, bool)  # keep[n]: line n holds a parsed row
+    keep = np.ones(read_lines + 1, bool)  # keep[n]: line n holds a parsed row
     keep[:first] = False
-    keep[[b[0] for b in bad]] = False
+    keep[[b[0] for b in malformed]] = False
     kept = np.flatnonzero(keep)
     if len(kept) != table.num_rows:  # quoted newlines inside values: count records instead
         kept = np.arange(first, first + table.num_rows)
-    return {"table": table.append_column("line", pa.array(kept, pa.int64())), "lines": lines, "bad": bad}
+    bad += [(int(origin[n]), reason, text) for n, reason, text in malformed]
+    table = table.append_column("line", pa.array(origin[kept], pa.int64()))
+    return {"table": table, "lines": lines, "bad": sorted(bad)}
+
+
+NEWLINE = re.compile(rb"\r\n|\r|\n")
+
+
+def _without_undecodable(block: bytes, first: int) -> tuple[bytes, np.ndarray, list[tuple[int, bytes]]]:
+    """(the block without its data lines that are not UTF-8, each kept line's number in the block
+    (index 0 unused), [(number, bytes)] of the lines left out). The header line stays: it is skipped
+    unread."""
+    pieces = NEWLINE.split(block)
+    if pieces and pieces[-1] == b"":
+        pieces.pop()
+    kept, origin, out = [], [0], []
+    for n, raw in enumerate(pieces, 1):
+        try:
+            if n >= first:
+                raw.decode("utf-8")
+        except UnicodeDecodeError:
+            out.append((n, raw))
+            continue
+        kept.append(raw)
+        origin.append(n)
+    return b"".join(x + b"\n" for x in kept), np.array(origin), out
 
 
 def json_object(raw: bytes) -> tuple[dict[str, Any] | None, str]:
@@ -142,7 +190,14 @@ def json_object(raw: bytes) -> tuple[dict[str, Any] | None, str]:
         record = json.loads(raw)
     except ValueError as e:
         return None, str(e).split(":")[0]
-    return (record, "") if isinstance(record, dict) else (None, "not a JSON object")
+    if not isinstance(record, dict):
+        return None, "not a JSON object"
+    if b"\\u" in raw:  # an escaped lone surrogate ("\ud800") loads, but is no text to store
+        try:
+            json.dumps(record, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return None, "a \\u escape is a lone surrogate, not a character"
+    return record, ""
 
 
 def parse_jsonl_block(block: bytes, wanted: list[str], categorical: list[str]) -> dict[str, Any]:
@@ -162,13 +217,14 @@ def _parse_jsonl(block: bytes, wanted: list[str]) -> dict[str, Any]:
         lines.pop()
     if b"\n\n" not in block and not block.startswith(b"\n"):
         try:
-            table = pajson.read_json(io.BytesIO(block))
+            table = _read_json_exact(block, wanted)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            table = None
+        if table is not None and table.num_rows == len(lines):  # else a line held 0 or 2 objects
             cols = {c: (table.column(c).cast(pa.string()) if c in table.column_names
                         else pa.nulls(table.num_rows, pa.string())) for c in wanted}
             cols["line"] = pa.array(np.arange(1, table.num_rows + 1), pa.int64())
             return {"table": pa.table(cols), "lines": len(lines), "bad": [], "keys": table.column_names}
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            pass
     rows, kept, bad, keys = [], [], [], {}
     for i, raw in enumerate(lines, 1):
         record, why = json_object(raw)
@@ -181,6 +237,29 @@ def _parse_jsonl(block: bytes, wanted: list[str]) -> dict[str, Any]:
     table = pa.Table.from_pylist(rows, schema=pa.schema([(c, pa.string()) for c in wanted]))
     return {"table": table.append_column("line", pa.array(kept, pa.int64())), "lines": len(lines),
             "bad": bad, "keys": list(keys)}
+
+
+# the types pyarrow infers whose values cast to the text `str()` gives the JSON value (the
+# line-by-line reader's): a float (1.0 → "1"), a bool ("true" / "True") or a list would not
+EXACT = (pa.string(), pa.large_string(), pa.int64(), pa.null())
+
+
+def _read_json_exact(block: bytes, wanted: list[str]) -> pa.Table | None:
+    """The block by pyarrow's JSON reader when each wanted column reads as the line-by-line reader
+    would read it; None when not (then the caller reads it line by line).
+
+    Strings that look like times are inferred as timestamps, which would drop their form (the 'T',
+    the zone): those columns are read again as text."""
+    table = pajson.read_json(io.BytesIO(block))
+    types = {c: table.schema.field(c).type for c in wanted if c in table.column_names}
+    stamped = [c for c, t in types.items() if pa.types.is_timestamp(t)]
+    if stamped:
+        table = pajson.read_json(io.BytesIO(block), parse_options=pajson.ParseOptions(
+            explicit_schema=pa.schema([(c, pa.string()) for c in stamped]),
+            unexpected_field_behavior="infer"))
+    if all(table.schema.field(c).type in EXACT for c in wanted if c in table.column_names):
+        return table
+    return None
 
 
 def columns_of(path: str, layout: Layout, wanted: list[str], what: str) -> tuple[list[str], str]:
@@ -241,13 +320,19 @@ def read_files(paths: list[str], wanted: list[str], *, layout: Layout, client: A
         columns[path] = names
         named_by = "the header" if layout.header else layout.key("names")
         jobs += [(index, delayed(parse_csv_block)(b, names, wanted, sep, i == 0 and layout.header,
-                                                  layout.null_values, categorical, named_by))
+                                                  layout.null_values, categorical, named_by, layout.quoting))
                  for i, b in enumerate(blocks)]
     futures = client.compute([j for _, j in jobs])
     tables, offsets = [], [0] * len(paths)
     for (index, _), fut in track(zip(jobs, futures, strict=True), f"parsing {what}", total=len(jobs)):
-        part = fut.result()
         first = offsets[index]
+        try:
+            part = fut.result()
+        except pa.ArrowInvalid as e:  # pyarrow could not split the block into records at all
+            fmt = file_format(paths[index], layout.format, layout.key("format"))
+            raise PipelineError(f"{paths[index]}: cannot be read as {fmt} from line {first + 1} on "
+                                f"({e}); fix the file, or {layout.key('format')} / "
+                                f"{layout.key('delimiter')}") from None
         for line, reason, raw in part["bad"]:
             quarantine.add(paths[index], reason, line=first + line, raw=raw)
         if "keys" in part:  # JSONL: the keys of every block, in order of first sight

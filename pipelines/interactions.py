@@ -187,7 +187,9 @@ def parse_times(values: pd.Series) -> np.ndarray:
     need = num.isna() & values.notna()
     if need.any():
         dates = pd.to_datetime(values[need], utc=True, errors="coerce", format="ISO8601")
-        num[need] = (dates - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+        # the epoch in the dates' own unit: in nanoseconds (the default) a date past 2262 overflows
+        epoch = pd.Timestamp(0, tz="UTC").as_unit(dates.dt.unit)
+        num[need] = (dates - epoch) / pd.Timedelta(seconds=1)
     out = num.to_numpy(np.float64, copy=True)
     out[~np.isfinite(out)] = np.nan
     return out
@@ -237,7 +239,10 @@ def sequence_pairs(d: pd.DataFrame, paths: list[str], quarantine: Quarantine) ->
     for role in ("user", "item"):
         d = reject(d, d[role].isna() | (d[role] == ""), f"empty {role} id: the row names no {role}; fix "
                    "the row", paths, quarantine, raw)
-    tokens = pc.utf8_split_whitespace(pa.array(d["history"].fillna("").to_numpy(object), pa.string()))
+    history = pc.utf8_trim_whitespace(pa.array(d["history"].fillna("").to_numpy(object), pa.string()))
+    tokens = pc.utf8_split_whitespace(history)
+    # "" splits into [""]: an empty history (the user's first item) holds no item, not an empty one
+    tokens = pc.if_else(pc.equal(history, ""), pa.scalar([], tokens.type), tokens)
     d = d.assign(key=pc.binary_join(tokens, " ").to_pandas().to_numpy(object), row=np.arange(len(d)))
     dup = d.duplicated(["user", "key", "item"]).to_numpy()
     d = reject(d, dup, "duplicate row: the same user, history and item as an earlier row; remove one",
@@ -250,7 +255,8 @@ def sequence_pairs(d: pd.DataFrame, paths: list[str], quarantine: Quarantine) ->
     # rows at the longest length may be cut windows: chain each to the window it shifts into
     full = np.flatnonzero((n == n.max(initial=0)) & (n > 0))
     f = d.iloc[full]
-    shifted = np.where(f["n"] > 1, f["key"].str.partition(" ")[2] + " " + f["item"], f["item"])
+    rest = f["key"].str.partition(" ")[2] if len(f) else f["key"]  # no full row: partition has no columns
+    shifted = np.where(f["n"] > 1, rest + " " + f["item"], f["item"])
     fd = pd.DataFrame({"user": f["user"].to_numpy(), "kin": f["key"].to_numpy(), "kout": shifted,
                        "k": np.arange(len(f))})
     links = fd.merge(fd, left_on=["user", "kout"], right_on=["user", "kin"], suffixes=("", "_next"))

@@ -33,6 +33,9 @@ from advorch.pipelines.events import Layout
 from advorch.pipelines.shards import Quarantine
 
 NEVER = np.iinfo(np.int64).max
+# |ms| beyond this is not a time: floats stop holding whole milliseconds (≈ 285,000 years), and
+# larger values overflowed int64 (1e300 s became a time in 1677) or the sort key of sessionise
+TIME_LIMIT = 2**53
 
 
 @dataclass
@@ -81,14 +84,14 @@ def parse_time(values: pa.ChunkedArray | pa.Array, unit: str, zone: str | None =
     name; none: UTC). A naive time that `zone` skips or repeats (a DST change) is unparseable.
     """
     if unit == "iso" and zone:
-        return _parse_zoned(values, zone)
+        return _in_range(_parse_zoned(values, zone))
     try:  # pyarrow's C++ casts when every value is clean; pandas' coercion only when not
         if unit == "iso":
             ms = pc.cast(values, pa.timestamp("ms")).cast(pa.int64())
         else:
             ms = pc.floor(pc.multiply(pc.cast(values, pa.float64()), 1000.0 if unit == "s" else 1.0))
             ms = ms.cast(pa.int64())
-        return pc.fill_null(ms, NEVER).to_numpy(zero_copy_only=False)
+        return _in_range(pc.fill_null(ms, NEVER).to_numpy(zero_copy_only=False))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
     text = pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
@@ -98,9 +101,15 @@ def parse_time(values: pa.ChunkedArray | pa.Array, unit: str, zone: str | None =
         ms = parsed.dt.tz_localize(None).to_numpy(dtype="datetime64[ms]").astype(np.int64)
     else:
         num = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64)
-        ok = np.isfinite(num)
-        ms = np.floor(np.where(ok, num * (1000.0 if unit == "s" else 1.0), 0)).astype(np.int64)
-    return np.where(ok, ms, NEVER)
+        num = num * (1000.0 if unit == "s" else 1.0)
+        ok = np.isfinite(num) & (np.abs(num) <= TIME_LIMIT)  # checked before the cast can overflow
+        ms = np.floor(np.where(ok, num, 0)).astype(np.int64)
+    return _in_range(np.where(ok, ms, NEVER))
+
+
+def _in_range(ms: np.ndarray) -> np.ndarray:
+    """`ms` with NEVER where a time is beyond ±TIME_LIMIT (see there)."""
+    return np.where((ms >= -TIME_LIMIT) & (ms <= TIME_LIMIT), ms, NEVER)
 
 
 def _parse_zoned(values: pa.ChunkedArray | pa.Array, zone: str) -> np.ndarray:
@@ -219,6 +228,7 @@ def sessionise(events: pa.Table, purchases: pa.Table | None, cfg: ClickstreamCon
         lost[is_conv] = ~has_piece[conv_code]
         _reject(quarantine, sources, events, lost, f"no events before {conversion}", shown)
         conv_code, conv_t = conv_code[has_piece[conv_code]], conv_t[has_piece[conv_code]]
+        stats["events_conversion"] = len(conv_code)  # each labels its session, none is a token
     else:
         pt = parse_time(purchases.column("time"), pu_layout.time_unit, pu_layout.time_zone)
         known = pc.fill_null(pc.index_in(purchases.column("session").cast(keys.type), value_set=keys), -1)
@@ -236,6 +246,7 @@ def sessionise(events: pa.Table, purchases: pa.Table | None, cfg: ClickstreamCon
         stats |= {"purchase_rows": purchases.num_rows, "purchase_rows_matched": int(ok.sum()),
                   "purchase_rows_unknown_session": int(unknown.sum())}
         conv_code, conv_t = known[ok], pt[ok]
+        stats["events_conversion"] = 0
     bought = np.full(len(first), NEVER, np.int64)
     if len(conv_code):
         target = (_piece_at(key_of, t[first], conv_code, conv_t) if cfg.gap_minutes > 0
@@ -256,6 +267,8 @@ def sessionise(events: pa.Table, purchases: pa.Table | None, cfg: ClickstreamCon
         e = idx[first[i]]
         quarantine.add(sources[src[e]], reason, line=int(line[e]), raw={"session": sid})
     stats["sessions_too_short"] = int(too_short.sum())
+    # their events (one quarantine record per session): so every event read is counted somewhere
+    stats["events_too_short"] = int(n_before[too_short].sum())
     pos = np.arange(len(session)) - first[session]
     n = np.where(too_short, 0, n_before)[session]
     kept = (pos < n) & (pos >= n - cfg.max_length)  # the last max_length before the purchase

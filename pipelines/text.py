@@ -48,12 +48,19 @@ SCHEMA = pa.schema([
 ])
 
 
-def tokenize(text: str, lowercase: bool = True) -> list[str]:
-    """Words (with inner apostrophes) and single punctuation marks."""
+def tokenize(text: str, lowercase: bool = True, tokenizer: str = "words") -> list[str]:
+    """Words (with inner apostrophes) and single punctuation marks; or, with a pretrained
+    encoder's tokenizer (data.tokenizer = "minilm"), its word pieces in [CLS] … [SEP]."""
+    if tokenizer != "words":
+        from advorch.encoders import TOKENIZERS, wordpiece
+
+        pieces = wordpiece(TOKENIZERS[tokenizer]).encode(text).tokens
+        return pieces if len(pieces) > 2 else []  # [CLS] [SEP] alone: no token
     return TOKEN_RE.findall(text.lower() if lowercase else text)
 
 
-def parse_block(block: bytes, source: str, encoding: str, lowercase: bool) -> dict[str, Any]:
+def parse_block(block: bytes, source: str, encoding: str, lowercase: bool,
+                tokenizer: str = "words") -> dict[str, Any]:
     """Decode and tokenise one block of whole lines; line numbers are block-local (0-based).
 
     Returns {"lines": n, "rows": [(line, text, tokens)], "bad": [(line, reason, raw)]}.
@@ -65,12 +72,15 @@ def parse_block(block: bytes, source: str, encoding: str, lowercase: bool) -> di
     for i, raw in enumerate(lines):
         try:
             text = raw.decode(encoding).strip()
-        except UnicodeDecodeError as e:
-            bad.append((i, f"undecodable: byte 0x{raw[e.start]:02x} at column {e.start + 1} "
-                           f"is not valid {encoding}; fix the byte or declare the right "
-                           "data.encoding", raw))
+        except UnicodeError as e:
+            # most codecs name the bad byte (UnicodeDecodeError); idna, punycode and "undefined"
+            # raise a bare UnicodeError about the whole line
+            where = (f"byte 0x{raw[e.start]:02x} at column {e.start + 1}"
+                     if isinstance(e, UnicodeDecodeError) and e.start < len(raw) else f"the line ({e})")
+            bad.append((i, f"undecodable: {where} is not valid {encoding}; fix the byte or declare the "
+                           "right data.encoding", raw))
             continue
-        tokens = tokenize(text, lowercase)
+        tokens = tokenize(text, lowercase, tokenizer)
         if not tokens:
             bad.append((i, "empty line: no tokens", raw))
             continue
@@ -103,7 +113,9 @@ def _params(cfg: DataConfig) -> dict[str, Any]:
             "max_vocab": cfg.max_vocab,
             "test_fraction": cfg.test_fraction, "val_fraction": cfg.val_fraction,
             "lowercase": cfg.lowercase, "seed": cfg.seed, "part_rows": cfg.part_rows,
-            "labels": {s.path: s.label for s in cfg.sources}}
+            "labels": {s.path: s.label for s in cfg.sources},
+            # only when set: datasets built before the option existed stay up to date
+            **({"tokenizer": cfg.tokenizer} if cfg.tokenizer != "words" else {})}
 
 
 def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = None) -> Summary:
@@ -129,6 +141,13 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
         if fs.size(p) == 0:
             raise PipelineError(f"source file {s.path} (class {s.label!r}) is empty; "
                                 "every class needs examples")
+    if cfg.tokenizer != "words":  # here, not in every task: a missing extra is one clear error
+        from advorch.encoders import TOKENIZERS, wordpiece
+
+        try:
+            wordpiece(TOKENIZERS[cfg.tokenizer])
+        except ImportError as e:
+            raise PipelineError(f"data.tokenizer = {cfg.tokenizer!r}: {e}") from None
     previous = read_manifest(output)
     sources = fingerprints([s.path for s in cfg.sources], previous)
     params = _params(cfg)
@@ -143,7 +162,8 @@ def run(cfg: DataConfig, output: str | None = None, dask_address: str | None = N
             # 1. decode + tokenise, one task per 64 MiB block of each file
             _, blocks = read_bytes([s.path for s in cfg.sources], delimiter=b"\n",
                                    blocksize=BLOCK_SIZE, sample=False)
-            tasks = [[delayed(parse_block)(b, s.path, cfg.encoding, cfg.lowercase) for b in bs]
+            tasks = [[delayed(parse_block)(b, s.path, cfg.encoding, cfg.lowercase, cfg.tokenizer)
+                      for b in bs]
                      for s, bs in zip(cfg.sources, blocks, strict=True)]
             futures = client.compute([t for ts in tasks for t in ts])
             parsed = list(track((f.result() for f in futures), "decoding + tokenising",

@@ -158,7 +158,9 @@ def read_mediaeval(paths: list[str], t: TweetsConfig, client: Any,
 
 
 def _layout() -> Layout:
-    return Layout(format="tsv", null_values=[], origin={"format": "data.tweets.format"})
+    # the dumps are not quoted: a tweet may open with '"' (79 real CrisisMMD ones do), which CSV
+    # quoting would strip, or swallow the lines after it when the tweet never closes it
+    return Layout(format="tsv", null_values=[], quoting=False, origin={"format": "data.tweets.format"})
 
 
 def _unused(columns: dict[str, list[str]], wanted: list[str]) -> list[dict]:
@@ -178,10 +180,17 @@ def _get(record: Any, key: str) -> Any:
     return record
 
 
+def _list(value: Any) -> list:
+    """`value` if it is a JSON array, else []: a dump's media field of another type (a number, a
+    string, an object) names no medium."""
+    return value if isinstance(value, list) else []
+
+
 def _media_v1(tweet: dict) -> list[tuple[str, str]]:
     """(media id, file name from its URL) of a v1.1 tweet's media (extended_entities has them all)."""
-    media = (_get(tweet, "extended_entities.media") or _get(tweet, "extended_tweet.extended_entities.media")
-             or _get(tweet, "entities.media") or [])
+    media = (_list(_get(tweet, "extended_entities.media"))
+             or _list(_get(tweet, "extended_tweet.extended_entities.media"))
+             or _list(_get(tweet, "entities.media")))
     return [(str(m.get("id_str") or m.get("id") or ""),
              PurePosixPath(str(m.get("media_url_https") or m.get("media_url") or "")).name)
             for m in media if isinstance(m, dict)]
@@ -189,10 +198,10 @@ def _media_v1(tweet: dict) -> list[tuple[str, str]]:
 
 def _media_v2(record: dict) -> list[tuple[str, str]]:
     """(media key, file name from its URL) of a v2 tweet's attachments, looked up in includes.media."""
-    urls = {m.get("media_key"): m.get("url") or m.get("preview_image_url") or ""
-            for m in _get(record, "includes.media") or [] if isinstance(m, dict)}
-    return [(str(key), PurePosixPath(str(urls.get(key, ""))).name)
-            for key in _get(record, "data.attachments.media_keys") or []]
+    urls = {str(m.get("media_key")): m.get("url") or m.get("preview_image_url") or ""
+            for m in _list(_get(record, "includes.media")) if isinstance(m, dict)}
+    return [(str(key), PurePosixPath(str(urls.get(str(key), ""))).name)
+            for key in _list(_get(record, "data.attachments.media_keys"))]
 
 
 def parse_tweet(record: dict, label_key: str) -> tuple[str, str, str | None, list[tuple[str, str]]]:

@@ -128,3 +128,30 @@ def mlflow_server(tmp_path):
     proc, url = start_mlflow_server(tmp_path)
     yield url
     kill(proc, signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def mlflow_auth_server(tmp_path_factory):
+    """A real PostgreSQL server and on it a real `mlflow server --app-name basic-auth` (runs,
+    registry and users in PostgreSQL, artifacts proxied into a folder), one per module:
+    `.url`, `.admin` (username, password), `.dsn` (the runs database, for psycopg2),
+    `.artifacts` (the artifact root). Skipped, naming the package, without PostgreSQL."""
+    from types import SimpleNamespace
+
+    from tests import processes as p
+
+    if p.postgres_bindir() is None:
+        pytest.skip(p.POSTGRES_MISSING)
+    folder = tmp_path_factory.mktemp("mlflow-auth")
+    postgres, dsn = p.start_postgres(folder)
+    try:
+        proc, url, admin = p.start_mlflow_auth_server(folder, dsn, postgres.create_database("mlflow_auth"))
+        try:
+            yield SimpleNamespace(url=url, admin=admin, dsn=dsn, artifacts=folder / "artifacts",
+                                  folder=folder)
+        finally:
+            # SIGKILL: graceful shutdown would wait for the keep-alive connections of the
+            # in-process clients; the data is in PostgreSQL and the artifact folder already
+            p.kill(proc)
+    finally:
+        postgres.stop()

@@ -199,3 +199,16 @@ def test_demo_without_shared_data_fetches_mr_then_trains(mirror, tmp_path):
     assert "fetching it into" in proc.stdout and "test_accuracy = " in proc.stdout
     assert f"MR sentences from {tmp_path / 'cache' / 'mr'}" in proc.stdout
     assert sorted(Mirror.hits) == ["mr/rt-polarity.neg", "mr/rt-polarity.pos"]
+
+    # what a user sees first in MLflow: losses and metrics as curves, bookkeeping as tags,
+    # the training-curve and attention plots
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("mr").experiment_id])
+    assert {"train_loss", "val_loss", "val_accuracy", "test_accuracy"} <= set(run.data.metrics)
+    assert not {"epoch", "best_epoch", "final_epoch", "resumed_from_epoch"} & set(run.data.metrics)
+    assert run.data.tags["advorch.best_epoch"] == "0"
+    artifacts = {a.path for folder in ("plots", "explain")
+                 for a in client.list_artifacts(run.info.run_id, folder)}
+    assert {"plots/training_curves.png", "explain/attention.png"} <= artifacts

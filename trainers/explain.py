@@ -132,9 +132,11 @@ def attention_plot(items: list[Explanation], path: str) -> None:
     fig, axes = plt.subplots(len(items), 1, figsize=(10, 1.3 * len(items) + 0.5), squeeze=False)
     for ax, x in zip(axes[:, 0], items, strict=True):
         rows = [x.attention] + [x.perturbed_attention[k] for k in x.perturbed]
-        ax.imshow(np.array(rows), aspect="auto", cmap="Reds")
+        shown = ax.imshow(np.array(rows), aspect="auto", cmap="Reds", vmin=0)
         ax.set_yticks(range(len(rows)), ["clean", *x.perturbed])
         ax.set_xticks(range(len(x.tokens)), x.tokens, rotation=60, fontsize=7)
+        fig.colorbar(shown, ax=ax, label="attention weight")
+    axes[-1, 0].set_xlabel("token of the sentence (rows: clean input, then each perturbation)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

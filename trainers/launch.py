@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 import time
 import traceback
 import uuid
@@ -269,6 +270,16 @@ def run_tags(cfg: ExperimentConfig, data: str) -> dict[str, str]:
     return {"advorch.dataset": data, "advorch.regime": cfg.regime.name}
 
 
+def log_curves(uri: str, run_id: str) -> None:
+    """plots/training_curves.png: the run's losses and validation metrics per epoch."""
+    from advorch import tracking
+    from advorch.trainers.curves import curves_figure, histories
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if path := curves_figure(histories(uri, run_id), Path(tmp) / "training_curves.png"):
+            tracking.log_file(uri, run_id, str(path), "plots")
+
+
 def finish(cfg: ExperimentConfig, data: str, manifest: dict[str, Any], result: Any,
            uri: str | None, run_id: str | None) -> TrainResult:
     """After a fit: test metrics of the best epoch, then (tracked) artifacts, model, run ended."""
@@ -283,7 +294,9 @@ def finish(cfg: ExperimentConfig, data: str, manifest: dict[str, Any], result: A
     metrics["best_" + cfg.train.metric] = saved["state"]["best_metric"]
     model_uri = None
     if run_id:
-        tracking.log_metrics(uri, run_id, metrics)
+        tracking.log_metrics(uri, run_id, {k: v for k, v in metrics.items() if k != "best_epoch"})
+        tracking.set_tag(uri, run_id, "advorch.best_epoch", str(metrics["best_epoch"]))
+        log_curves(uri, run_id)
         tracking.log_dict(uri, run_id, cfg.model_dump(), "config.json")
         tracking.log_dict(uri, run_id, manifest, "dataset/manifest.json")
         for side in ("vocab.json", "users.json", "items.json"):  # what turns ids into inputs and back

@@ -67,9 +67,12 @@ def make_optimizer(cfg: ExperimentConfig, model: nn.Module) -> torch.optim.Optim
     """Adam (the fused kernel: the dense update of a large embedding costs 1.3 ms, not 7.5), or
     Adagrad (train.optimizer, the AMR paper's); weight_decay is the L2 regulariser β."""
     t = cfg.train
+    # a pretrained encoder: its own learning rate when fine-tuned, no state at all when frozen
+    params = (model.parameter_groups(t.lr, cfg.model.encoder_lr) if hasattr(model, "parameter_groups")
+              else model.parameters())
     if t.optimizer == "adagrad":
-        return torch.optim.Adagrad(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=True)
+        return torch.optim.Adagrad(params, lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay, fused=True)
 
 
 @dataclass
@@ -148,6 +151,11 @@ def train_epoch(w: Worker, epoch: int) -> dict[str, float]:
     return metrics
 
 
+# the loop's own keys (Ray Train, Tune and the progress bar read them), not curves for MLflow:
+# there the step is the epoch, and a resume is the tag advorch.resumed_from_epoch
+BOOKKEEPING = frozenset({"epoch", "best_epoch", "best_metric", "final_epoch", "resumed_from_epoch"})
+
+
 def save_state(w: Worker, folder: str) -> None:
     """The checkpoint file: weights, optimizer, training state and the config that built them."""
     torch.save({"model": w.model.state_dict(), "optimizer": w.optimizer.state_dict(),
@@ -214,8 +222,12 @@ def train_worker(config: dict[str, Any]) -> None:
                     from advorch import tracking
 
                     tracking.log_metrics(config["tracking_uri"], config["run_id"],
-                                         {k: v for k, v in metrics.items() if v is not None},
+                                         {k: v for k, v in metrics.items()
+                                          if v is not None and k not in BOOKKEEPING},
                                          step=epoch + offset)
+                    if epoch == resumed_from and resumed_from > 0:
+                        tracking.set_tag(config["tracking_uri"], config["run_id"],
+                                         "advorch.resumed_from_epoch", str(resumed_from))
             ray.train.report(metrics, checkpoint=ckpt)
         if metrics["final_epoch"]:
             break

@@ -122,8 +122,9 @@ def predict(uri: str, model_ref: str, source: str, split: str = "test", limit: i
         with fsspec.open(source, "r", encoding="utf-8") as f:  # a local file or a URI
             lines = f.read().splitlines()
         texts = [line.strip() for line in lines if line.strip()]
-        ids = [[vocab.get(t, vocab[OOV]) for t in tokenize(s, cfg.data.lowercase)][: cfg.model.max_length]
-               or [vocab[OOV]] for s in texts]
+        # the run's own tokenizer: words, or a pretrained encoder's word pieces (data.tokenizer)
+        ids = [[vocab.get(t, vocab[OOV]) for t in tokenize(s, cfg.data.lowercase, cfg.data.tokenizer)]
+               [: cfg.model.max_length] or [vocab[OOV]] for s in texts]
         tokens = torch.zeros(len(ids), max(map(len, ids), default=1), dtype=torch.long)
         for i, row in enumerate(ids):
             tokens[i, : len(row)] = torch.tensor(row)

@@ -309,7 +309,7 @@ def test_compose_mlflow_server_with_postgres_s3_and_basic_auth() -> None:
     (argv,) = command_lines(services["mlflow"])
     params = other_tool(argv)
     assert params["app_name"] == "basic-auth" and params["host"] == "0.0.0.0" and params["port"] == 5000
-    assert params["backend_store_uri"].startswith("postgresql://")
+    assert params["backend_store_uri"].startswith("postgresql+psycopg2://")
     assert params["artifacts_destination"].rstrip("/") == f"s3://{buckets[0]}"
     for name, service in services.items():
         assert "healthcheck" in service or service.get("restart") == "no", f"{name}: no healthcheck"
@@ -363,7 +363,7 @@ def test_basic_auth_ini_and_its_mounts() -> None:
     k8s_mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert str(Path(env["MLFLOW_AUTH_CONFIG_PATH"]).parent) in k8s_mounts and db_dir in k8s_mounts
     params = other_tool(container["command"] + container["args"])
-    assert params["app_name"] == "basic-auth" and params["backend_store_uri"].startswith("postgresql://")
+    assert params["app_name"] == "basic-auth" and params["backend_store_uri"].startswith("postgresql+psycopg2://")
     assert params["artifacts_destination"].startswith("s3://") and params["host"] == "0.0.0.0"
 
 

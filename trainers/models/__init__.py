@@ -2,6 +2,7 @@
 `forward` (see base.py) and is built from (config, dataset spec).
 
     lstm, lstm_attention   lstm_attention.py (Jia et al. KDD'19 eq. 4-10), tokens or features
+    encoder_attention      encoder.py: pretrained MiniLM under LSTM-Attention pooling, word pieces
     image_cnn              image_cnn.py (two conv blocks + global average pooling), pixels
     visual_cnn, text_cnn   crisis.py (Chen et al. §III-A), pixels / tokens
     mmn                    crisis.py, the multi-modal network: pixels and tokens (both)
@@ -58,6 +59,15 @@ def _initial_embeddings(cfg: ModelConfig, spec: DatasetSpec, model: nn.Module) -
         model.embedding.weight.data.copy_(weights)
     elif cfg.init_embeddings == "dataset" and "embeddings.npy" in spec.side_files:
         model.embedding.weight.data.copy_(load_dataset_vectors(spec.uri, spec.manifest, cfg.embedding_dim))
+
+
+def _encoder(cfg: ModelConfig, spec: DatasetSpec, init_weights: bool) -> nn.Module:
+    """A pretrained encoder (model.encoder) under LSTM-Attention pooling of H = model.hidden_dim."""
+    from advorch.pipelines.shards import read_side_file
+    from advorch.trainers.models.encoder import EncoderAttention
+
+    vocab = json.loads(read_side_file(spec.uri, "vocab.json", spec.manifest))
+    return EncoderAttention(cfg.encoder, vocab, spec.num_classes, cfg.hidden_dim, cfg.dropout, cfg.finetune)
 
 
 def _image_cnn(cfg: ModelConfig, spec: DatasetSpec, init_weights: bool) -> nn.Module:
@@ -140,6 +150,7 @@ RANKS = {name: shape.count(",") + 1 if shape.startswith("[") and shape[1] != "]"
 MODELS: dict[str, ModelEntry] = {
     "lstm": ModelEntry(_lstm, ("tokens", "features"), attention=False),
     "lstm_attention": ModelEntry(_lstm, ("tokens", "features"), attention=True),
+    "encoder_attention": ModelEntry(_encoder, ("tokens",), attention=True),
     "image_cnn": ModelEntry(_image_cnn, ("pixels",), attention=False),
     "visual_cnn": ModelEntry(_crisis, ("pixels",), attention=False),
     "text_cnn": ModelEntry(_crisis, ("tokens",), attention=False),
@@ -158,6 +169,9 @@ def model_problems(cfg: ModelConfig, spec: DatasetSpec) -> list[str]:
         return [f"model.name = {cfg.name!r} reads {reads}, the dataset {spec.uri} has "
                 f"{', '.join(spec.inputs) or 'no inputs'}; use model.name = "
                 f"{' or '.join(repr(n) for n in suited) or '(none fits)'}"]
+    if cfg.name == "encoder_attention" and spec.manifest.get("params", {}).get("tokenizer") != "minilm":
+        return [f"model.name = \"encoder_attention\" reads the encoder's word pieces; {spec.uri} was built "
+                "with words: rebuild it with data.tokenizer = \"minilm\""]
     if cfg.name == "vbpr" and "item_features.npy" not in spec.side_files:
         return [f"model.name = \"vbpr\" scores items by their content features; {spec.uri} has none: use "
                 "model.name = \"mf_bpr\", or rebuild it with data.interactions.features"]
