@@ -132,8 +132,8 @@ def test_a_broken_granule_is_read_or_a_raster_error(
     check_readers(case, "hdf", reader, folder)
 
 
-@pytest.mark.xfail(
-    strict=True,
+@pytest.mark.xfail(  # not strict: whether the corrupted heap aborts depends on the allocator's state
+    strict=False,
     reason="open bug: a flipped byte in a vdata header (tag 1962) makes the HDF4 C library abort "
     "(SIGABRT) while pyhdf opens the file; the header checks (rasters.check_hdf4_header) cannot cover "
     "every object, only opening granules in a child process would make it a quarantine record",

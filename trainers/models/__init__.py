@@ -135,6 +135,12 @@ class ModelEntry:
     attention: bool
     all_inputs: bool = False
     perturbs: tuple[str, ...] = ()  # perturbable inputs of its own, beyond the dataset's (regime.inputs)
+    tokenizer: str | None = None  # the data.tokenizer its token datasets must be built with; None: any
+
+    def suits(self, spec: DatasetSpec) -> bool:
+        """Whether it reads this dataset: its inputs, and tokens from the tokenizer it needs."""
+        built = spec.manifest.get("params", {}).get("tokenizer", "words")
+        return self.fits(spec.inputs) and (self.tokenizer is None or built == self.tokenizer)
 
     def fits(self, inputs: Iterable[str]) -> bool:
         """Whether a dataset with these inputs has what the model reads."""
@@ -150,7 +156,7 @@ RANKS = {name: shape.count(",") + 1 if shape.startswith("[") and shape[1] != "]"
 MODELS: dict[str, ModelEntry] = {
     "lstm": ModelEntry(_lstm, ("tokens", "features"), attention=False),
     "lstm_attention": ModelEntry(_lstm, ("tokens", "features"), attention=True),
-    "encoder_attention": ModelEntry(_encoder, ("tokens",), attention=True),
+    "encoder_attention": ModelEntry(_encoder, ("tokens",), attention=True, tokenizer="minilm"),
     "image_cnn": ModelEntry(_image_cnn, ("pixels",), attention=False),
     "visual_cnn": ModelEntry(_crisis, ("pixels",), attention=False),
     "text_cnn": ModelEntry(_crisis, ("tokens",), attention=False),
@@ -164,14 +170,15 @@ def model_problems(cfg: ModelConfig, spec: DatasetSpec) -> list[str]:
     """Why this model cannot train on this dataset (empty when it can)."""
     entry = MODELS[cfg.name]
     if not entry.fits(spec.inputs):
-        suited = [n for n, e in MODELS.items() if e.fits(spec.inputs)]
+        suited = [n for n, e in MODELS.items() if e.suits(spec)]
         reads = (" and " if entry.all_inputs else " or ").join(entry.reads)
         return [f"model.name = {cfg.name!r} reads {reads}, the dataset {spec.uri} has "
                 f"{', '.join(spec.inputs) or 'no inputs'}; use model.name = "
                 f"{' or '.join(repr(n) for n in suited) or '(none fits)'}"]
-    if cfg.name == "encoder_attention" and spec.manifest.get("params", {}).get("tokenizer") != "minilm":
-        return [f"model.name = \"encoder_attention\" reads the encoder's word pieces; {spec.uri} was built "
-                "with words: rebuild it with data.tokenizer = \"minilm\""]
+    if not entry.suits(spec):
+        built = spec.manifest.get("params", {}).get("tokenizer", "words")
+        return [f"model.name = {cfg.name!r} reads tokens of data.tokenizer = {entry.tokenizer!r}; {spec.uri} "
+                f"was built with {built!r}: rebuild it with data.tokenizer = \"{entry.tokenizer}\""]
     if cfg.name == "vbpr" and "item_features.npy" not in spec.side_files:
         return [f"model.name = \"vbpr\" scores items by their content features; {spec.uri} has none: use "
                 "model.name = \"mf_bpr\", or rebuild it with data.interactions.features"]
