@@ -138,5 +138,5 @@ def attention_plot(items: list[Explanation], path: str) -> None:
         fig.colorbar(shown, ax=ax, label="attention weight")
     axes[-1, 0].set_xlabel("token of the sentence (rows: clean input, then each perturbation)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # the colour bars' labels stay inside
     plt.close(fig)
