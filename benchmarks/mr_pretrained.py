@@ -181,8 +181,7 @@ def _notes(lines: list[str]) -> str:
             "after one epoch (val accuracy 0.50 / 0.51, clean loss 0.69; probes stopped there), so "
             "the AT rows use ε = 0.05 (≈ 1 % of a sentence's embedding norm).\n"
             "- Step cost: a frozen clean step needs no backward through the encoder, an AT step "
-            "needs one (for the perturbation) plus a second forward; measured under a concurrent "
-            "test run (load ≈ 4-5), so the ms are high and the ratio is the figure to read.\n")
+            "needs one (for the perturbation) plus a second forward.\n")
 
 
 if __name__ == "__main__":
